@@ -1,0 +1,72 @@
+"""Process-pool maps with a progress bar, used by every stage that touches many files.
+
+Worker processes are forked when that is safe, and spawned when TensorFlow is already
+loaded in the parent (forking a process that holds TensorFlow's threads can deadlock).
+Each worker limits OpenCV to one thread, since OpenCV's own pool can deadlock after a
+fork and the processes already use every core.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterable[T]:
+    """A tqdm progress bar; ``RSNA_PROGRESS=0`` turns bars off."""
+    disable = os.environ.get("RSNA_PROGRESS", "1") == "0"
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, mininterval=0.5)
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    method = "spawn" if "tensorflow" in sys.modules or sys.platform != "linux" else "fork"
+    return multiprocessing.get_context(method)
+
+
+def parallel_map(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    workers: int | None = None,
+    desc: str = "",
+    unit: str = "file",
+    chunksize: int | None = None,
+) -> Iterator[R]:
+    """Yield ``fn(item)`` for each item, in order, using `workers` processes.
+
+    With one worker, or few items, everything runs in this process. `fn` must be a
+    module-level function so it can be sent to a worker.
+    """
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"`workers` must be positive. Received: workers={workers}")
+    n = len(items)
+    if workers == 1 or n < 2 * workers:
+        yield from progress(map(fn, items), total=n, desc=desc, unit=unit)
+        return
+    chunksize = chunksize or max(1, min(256, n // (workers * 8)))
+    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker) as pool:
+        yield from progress(pool.map(fn, items, chunksize=chunksize), total=n, desc=desc, unit=unit)
