@@ -132,12 +132,18 @@ def needs_intercept_fix(*, bits_stored: int, pixel_representation: int, intercep
 def fix_bad_intercept(pixels: np.ndarray) -> np.ndarray:
     """Unwrap the stored values of a bad-intercept file; use intercept -1000 with them.
 
-    Adds 1000 and removes 4096 from values that reach 4096, in int32 so nothing
-    wraps. With intercept -1000 the result gives the true HU.
+    Adds 1000 and removes 4096 from values that reach 4096. With intercept -1000 the
+    result gives the true HU. For 12-bit values (below 7192) that is ``(x + 1000) & 4095``
+    in uint16, two cheap operations; any other input is fixed in int32, so nothing wraps.
     """
-    fixed = pixels.astype(np.int32) + _FIX_OFFSET
-    fixed[fixed >= _FIX_MODULUS] -= _FIX_MODULUS
-    return fixed
+    import cv2
+
+    if pixels.dtype == np.uint16 and int(pixels.max(initial=0)) + _FIX_OFFSET < 2 * _FIX_MODULUS:
+        fixed = cv2.add(pixels, _FIX_OFFSET)
+        return cv2.bitwise_and(fixed, _FIX_MODULUS - 1, dst=fixed)
+    fixed = cv2.add(pixels, _FIX_OFFSET, dtype=cv2.CV_32S)
+    wrapped = cv2.compare(fixed, _FIX_MODULUS, cv2.CMP_GE)
+    return cv2.subtract(fixed, _FIX_MODULUS, dst=fixed, mask=wrapped)
 
 
 def to_hu(pixels: np.ndarray, *, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
@@ -159,15 +165,22 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
     return _parse(Path(path), with_pixels=False).header
 
 
-def read_image(path: str | os.PathLike[str]) -> DicomImage:
+def read_image(path: str | os.PathLike[str], *, buffer: bytearray | None = None) -> DicomImage:
     """Read a slice's stored pixels and modality transform, fixing a bad intercept.
+
+    Args:
+        path: the DICOM file.
+        buffer: optional scratch to read the file into, for loops over many files (no
+            fresh allocation, so no page faults). The returned pixels may then share
+            its memory: they are valid until the buffer is used again. A file larger
+            than the buffer is read into fresh memory.
 
     Raises:
         DicomError: unreadable, truncated, non-image, multi-frame, colour or
             unsupported files.
     """
     path = Path(path)
-    parsed = _parse(path, with_pixels=True)
+    parsed = _parse(path, with_pixels=True, buffer=buffer)
     header = parsed.header
     pixels = _decode(path, parsed)
     slope = 1.0 if math.isnan(header.slope) else header.slope
@@ -283,21 +296,24 @@ _DEFAULTS: dict[str, object] = {
 }
 
 
-def _parse(path: Path, *, with_pixels: bool) -> _Parsed:
+def _parse(path: Path, *, with_pixels: bool, buffer: bytearray | None = None) -> _Parsed:
     """Parse a file with the fast path, or with pydicom when the fast path declines."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise DicomError(path, f"file is {size} bytes, more than MAX_FILE_BYTES={MAX_FILE_BYTES}")
-        with path.open("rb") as fh:
-            data = fh.read() if with_pixels else fh.read(_HEAD_BYTES)
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise DicomError(path, f"file is {size} bytes, more than MAX_FILE_BYTES={MAX_FILE_BYTES}")
+            if with_pixels and buffer is not None and len(buffer) >= size:
+                data = memoryview(buffer)[: fh.readinto(memoryview(buffer)[:size])]
+            else:
+                data = fh.read() if with_pixels else fh.read(_HEAD_BYTES)
             while True:
                 try:
                     return _parse_fast(path, data, size, with_pixels=with_pixels)
                 except _NeedMore:
                     if len(data) >= size:
                         raise _NotFast from None
-                    data += fh.read(len(data))
+                    data = bytes(data) + fh.read(len(data))
     except _NotFast:
         pass
     except OSError as exc:
@@ -361,7 +377,7 @@ def _walk_meta(data: bytes) -> tuple[str, int]:
         if length == _UNDEFINED or pos + length > end:
             raise _NotFast
         if group << 16 | elem == _TS_TAG:
-            ts = data[pos : pos + length].decode("ascii", "replace").strip("\x00 ")
+            ts = bytes(data[pos : pos + length]).decode("ascii", "replace").strip("\x00 ")
         pos += length
     raise _NeedMore
 
@@ -484,6 +500,8 @@ def _parse_pydicom(path: Path, *, with_pixels: bool) -> _Parsed:
         raise DicomError(path, f"cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
     header = _make_header(fields)
     if "PixelData" not in ds and with_pixels:
+        if data[128:132] != b"DICM":
+            raise DicomError(path, "not a DICOM file: no 'DICM' prefix and no (7FE0,0010) PixelData")
         raise DicomError(path, "not an image: no (7FE0,0010) PixelData element")
     _check_image(path, header)
     return _Parsed(header, dataset=ds)

@@ -150,21 +150,41 @@ def apply_window(
         return _sigmoid_window(pixels, window, slope=slope, intercept=intercept)
     if curve != "linear":
         raise WindowError(f"`curve` must be 'linear' or 'sigmoid'. Received: curve={curve!r}")
+    return _linear_window(pixels, window, slope=slope, intercept=intercept)
+
+
+def _linear_window(
+    pixels: np.ndarray,
+    window: Window,
+    *,
+    slope: float,
+    intercept: float,
+    clamp: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The linear window; `clamp` and `out` are optional scratch arrays shaped like `pixels`."""
     alpha = 255.0 * slope / window.width
     low = (window.lower - intercept) / slope  # the window's lower edge, in stored units
     if not _exact_integer_clamp(pixels.dtype, low):
         pixels = pixels.astype(np.float32, copy=False)
+    if clamp is None or clamp.dtype != pixels.dtype:
+        clamp = np.empty_like(pixels)
     # convertScaleAbs computes saturate(|alpha * x + beta|): clamping at the lower edge
     # first keeps alpha * x + beta >= 0, so the absolute value never acts.
-    return cv2.convertScaleAbs(cv2.max(pixels, float(low)), alpha=alpha, beta=-alpha * low)
+    cv2.max(pixels, float(low), dst=clamp)
+    return cv2.convertScaleAbs(clamp, dst=out, alpha=alpha, beta=-alpha * low)
+
+
+_INTEGER_RANGES = {
+    np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max)
+    for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32)
+}
 
 
 def _exact_integer_clamp(dtype: np.dtype, low: float) -> bool:
     """Whether an integer array can be clamped at `low` in its own dtype without error."""
-    if dtype.kind not in "iu" or not float(low).is_integer():
-        return False
-    info = np.iinfo(dtype)
-    return info.min <= low <= info.max and dtype.itemsize <= 4
+    bounds = _INTEGER_RANGES.get(dtype)
+    return bounds is not None and float(low).is_integer() and bounds[0] <= low <= bounds[1]
 
 
 def _sigmoid_window(
@@ -176,8 +196,8 @@ def _sigmoid_window(
     return np.rint(255.0 / (1.0 + np.exp(-z))).astype(np.uint8)
 
 
-def pad_to_square(image: np.ndarray, *, value: float | Sequence[float] = 0) -> np.ndarray:
-    """Pad `image` (H, W) or (H, W, C) on both sides of its short axis to a square."""
+def pad_to_square(image: np.ndarray, *, value: float = 0) -> np.ndarray:
+    """Pad a 2-D `image` on both sides of its short axis to a square, with `value`."""
     height, width = image.shape[:2]
     if height == width:
         return image
@@ -185,16 +205,11 @@ def pad_to_square(image: np.ndarray, *, value: float | Sequence[float] = 0) -> n
     before, after = extra // 2, extra - extra // 2
     top, bottom = (before, after) if height < width else (0, 0)
     left, right = (before, after) if width < height else (0, 0)
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    values = [value] * channels if np.isscalar(value) else list(value)  # type: ignore[list-item]
-    padded = np.empty((height + top + bottom, width + left + right, channels), image.dtype)
-    padded[...] = np.asarray(values, dtype=image.dtype)
-    padded[top : top + height, left : left + width] = image.reshape(height, width, channels)
-    return padded.reshape(padded.shape[:2]) if image.ndim == 2 else padded
+    return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=value)
 
 
-def resize_square(image: np.ndarray, *, size: int, pad_value: float | Sequence[float] = 0) -> np.ndarray:
-    """Pad to a square, then resize to (size, size) with cv2.
+def resize_square(image: np.ndarray, *, size: int, pad_value: float = 0) -> np.ndarray:
+    """Pad a 2-D image to a square, then resize it to (size, size) with cv2.
 
     Shrinking uses INTER_AREA (a true average), enlarging INTER_LINEAR, as the OpenCV
     documentation recommends.
@@ -204,8 +219,7 @@ def resize_square(image: np.ndarray, *, size: int, pad_value: float | Sequence[f
     if square.shape[0] == size:
         return square
     interpolation = cv2.INTER_AREA if square.shape[0] > size else cv2.INTER_LINEAR
-    resized = cv2.resize(square, (size, size), interpolation=interpolation)
-    return resized.reshape(size, size, *square.shape[2:])
+    return cv2.resize(square, (size, size), interpolation=interpolation)
 
 
 def preprocess(
@@ -217,46 +231,92 @@ def preprocess(
 ) -> np.ndarray:
     """Turn a DICOM slice (path) or a 2-D HU array into uint8 (size, size, len(windows)).
 
-    Each window is applied at full resolution, then the stack is padded to a square
+    Each window is applied at full resolution, then each channel is padded to a square
     with the level of air (-1000 HU) and resized with cv2. A path is read with
-    :func:`rsna.dicom.read_image`, which fixes bad intercepts.
+    :func:`rsna.dicom.read_image`, which fixes bad intercepts. To process many slices,
+    keep one :class:`Preprocessor` per thread: same output, reused buffers, about
+    twice as fast.
 
     Raises:
         rsna.dicom.DicomError: the file cannot be read.
         WindowError: bad options or a HU array that is not 2-D and finite.
     """
-    windows = tuple(windows)
-    if not windows or not all(isinstance(w, Window) for w in windows):
-        raise WindowError(f"`windows` must be a non-empty sequence of Window. Received: {windows!r}")
-    _check_size(size)
-    pixels, slope, intercept = _stored_values(path_or_hu)
-    channels = [
-        apply_window(pixels, w, slope=slope, intercept=intercept, curve=curve) for w in windows
-    ]
-    stacked = cv2.merge(channels) if len(channels) > 1 else channels[0][..., None]
-    pad = [air_level(w, curve=curve) for w in windows] if pixels.shape[0] != pixels.shape[1] else 0
-    return resize_square(stacked, size=size, pad_value=pad)
+    return Preprocessor(windows=windows, size=size, curve=curve)(path_or_hu)
+
+
+class Preprocessor:
+    """:func:`preprocess` with fixed options and buffers reused from call to call.
+
+    Fresh 0.5 MB arrays per slice cost a page fault per 4 kB whenever the allocator
+    hands memory back to the system; reusing the file buffer and the scratch arrays
+    avoids that. Not thread-safe: use one instance per thread or process.
+    """
+
+    def __init__(
+        self,
+        *,
+        windows: Sequence[Window] = DEFAULT_WINDOWS,
+        size: int = 256,
+        curve: Curve = "linear",
+    ) -> None:
+        windows = tuple(windows)
+        if not windows or not all(isinstance(w, Window) for w in windows):
+            raise WindowError(f"`windows` must be a non-empty sequence of Window. Received: {windows!r}")
+        if curve not in ("linear", "sigmoid"):
+            raise WindowError(f"`curve` must be 'linear' or 'sigmoid'. Received: curve={curve!r}")
+        _check_size(size)
+        self.windows, self.size, self.curve = windows, int(size), curve
+        self._file = bytearray(1 << 20)  # a 512x512 16-bit slice is about 0.5 MB
+        self._scratch: dict[tuple[tuple[int, ...], np.dtype], np.ndarray] = {}
+
+    def __repr__(self) -> str:
+        names = ",".join(window_name(w) for w in self.windows)
+        return f"Preprocessor(windows={names}, size={self.size}, curve={self.curve!r})"
+
+    def __call__(self, path_or_hu: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
+        """Uint8 (size, size, len(windows)) for one slice; see :func:`preprocess`."""
+        pixels, slope, intercept = self._stored_values(path_or_hu)
+        square = pixels.shape[0] == pixels.shape[1]
+        out = self._buffer(pixels.shape, np.dtype(np.uint8))
+        channels = []
+        for window in self.windows:
+            if self.curve == "linear":
+                clamp = self._buffer(pixels.shape, pixels.dtype if pixels.dtype.kind in "iu" else np.dtype(np.float32))
+                level = _linear_window(pixels, window, slope=slope, intercept=intercept, clamp=clamp, out=out)
+            else:
+                level = _sigmoid_window(pixels, window, slope=slope, intercept=intercept)
+            pad = 0 if square else air_level(window, curve=self.curve)
+            resized = resize_square(level, size=self.size, pad_value=pad)
+            channels.append(resized.copy() if resized is out else resized)
+        return cv2.merge(channels) if len(channels) > 1 else channels[0][..., None]
+
+    def _buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        key = (tuple(shape), np.dtype(dtype))
+        if key not in self._scratch:
+            self._scratch[key] = np.empty(shape, dtype)
+        return self._scratch[key]
+
+    def _stored_values(self, path_or_hu: str | os.PathLike[str] | np.ndarray) -> tuple[np.ndarray, float, float]:
+        if isinstance(path_or_hu, np.ndarray):
+            if path_or_hu.ndim != 2 or path_or_hu.dtype.kind not in "iuf":
+                raise WindowError(
+                    "HU input must be a 2-D numeric array. "
+                    f"Received: shape={path_or_hu.shape}, dtype={path_or_hu.dtype}"
+                )
+            if path_or_hu.dtype.kind == "f" and not np.isfinite(path_or_hu).all():
+                raise WindowError("HU input contains NaN or infinite values.")
+            return path_or_hu, 1.0, 0.0
+        from rsna.dicom import read_image
+
+        image = read_image(path_or_hu, buffer=self._file)
+        if not image.slope > 0:
+            raise WindowError(f"{path_or_hu}: RescaleSlope must be positive. Received: {image.slope}")
+        return image.pixels, image.slope, image.intercept
 
 
 def air_level(window: Window, *, curve: Curve = "linear") -> int:
     """The display level of air (-1000 HU) in `window`: the padding value."""
     return int(apply_window(np.array([[AIR_HU]], np.float32), window, curve=curve)[0, 0])
-
-
-def _stored_values(path_or_hu: str | os.PathLike[str] | np.ndarray) -> tuple[np.ndarray, float, float]:
-    if isinstance(path_or_hu, np.ndarray):
-        if path_or_hu.ndim != 2 or path_or_hu.dtype.kind not in "iuf":
-            raise WindowError(
-                "HU input must be a 2-D numeric array. "
-                f"Received: shape={path_or_hu.shape}, dtype={path_or_hu.dtype}"
-            )
-        if path_or_hu.dtype.kind == "f" and not np.isfinite(path_or_hu).all():
-            raise WindowError("HU input contains NaN or infinite values.")
-        return path_or_hu, 1.0, 0.0
-    from rsna.dicom import read_image
-
-    image = read_image(path_or_hu)
-    return image.pixels, image.slope, image.intercept
 
 
 def _check_size(size: int) -> None:
