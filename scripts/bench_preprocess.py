@@ -81,7 +81,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         slices = 20
         patients = max(2, args.images // (slices * 1.5))
-        config = SynthConfig(patients=int(patients), slices=slices, size=512, seed=7, test_fraction=0.0)
+        config = SynthConfig(
+            patients=int(patients), slices=slices, size=512, seed=7, test_fraction=0.0
+        )
         make_competition(tmp, config)
         os.sync()  # flush the fresh files, so reads below are page-cache hits, not writeback
         train = Path(tmp) / "stage_2_train"
@@ -97,16 +99,22 @@ def main() -> None:
         rates = {
             "raw read": best_rate(lambda p: p.read_bytes(), paths, args.passes),
             "naive (pydicom + float windows + resize)": best_rate(naive, paths, args.passes),
-            "rsna Preprocessor (256, 3 windows, uint8)": best_rate(Preprocessor(size=256), paths, args.passes),
+            "rsna Preprocessor (256, 3 windows, uint8)": best_rate(
+                Preprocessor(size=256), paths, args.passes
+            ),
             "rsna preprocess() one call at a time": best_rate(preprocess, paths, args.passes),
         }
         effect = order_effect(paths[:100])
 
-    print(f"{len(paths)} slices of 512x512, one core (core {args.core}), best of {args.passes} passes")
+    print(
+        f"{len(paths)} slices of 512x512, one core (core {args.core}), best of {args.passes} passes"
+    )
     for name, rate in rates.items():
         print(f"  {name:44s} {rate:9.0f} img/s")
     ours = rates["rsna Preprocessor (256, 3 windows, uint8)"]
-    print(f"  ratio rsna / naive     {ours / rates['naive (pydicom + float windows + resize)']:.2f}x")
+    print(
+        f"  ratio rsna / naive     {ours / rates['naive (pydicom + float windows + resize)']:.2f}x"
+    )
     print(f"  ratio rsna / raw read  {ours / rates['raw read']:.2f}")
     print("order effect, window-then-resize vs resize-then-window, 256x256, display levels 0-255:")
     for name, value in effect.items():

@@ -50,6 +50,8 @@ def write_slice(
     return path
 
 
-def ramp_hu(rows: int = 16, cols: int = 16, *, low: float = -1000.0, high: float = 1500.0) -> np.ndarray:
+def ramp_hu(
+    rows: int = 16, cols: int = 16, *, low: float = -1000.0, high: float = 1500.0
+) -> np.ndarray:
     """A deterministic HU ramp covering air to bone."""
     return np.linspace(low, high, rows * cols, dtype=np.float32).reshape(rows, cols)

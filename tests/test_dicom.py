@@ -10,10 +10,23 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import ramp_hu, write_slice
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit, RLELossless
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+)
 
 from rsna import dicom
-from rsna.dicom import DicomError, check_file, fix_bad_intercept, needs_intercept_fix, read_header, read_hu, read_image
+from rsna.dicom import (
+    DicomError,
+    check_file,
+    fix_bad_intercept,
+    needs_intercept_fix,
+    read_header,
+    read_hu,
+    read_image,
+)
 from rsna.synthetic import GROUPS, expected_hu
 
 
@@ -46,7 +59,9 @@ def test_fix_bad_intercept_closed_form():
     np.testing.assert_array_equal(fix_bad_intercept(stored), [[1000, 1001, 4095, 0, 1, 999]])
     # Out-of-range values take the int32 path and follow the same rule.
     wide = np.array([[65535, 7192, 0]], np.uint16)
-    np.testing.assert_array_equal(fix_bad_intercept(wide), [[65535 + 1000 - 4096, 7192 + 1000 - 4096, 1000]])
+    np.testing.assert_array_equal(
+        fix_bad_intercept(wide), [[65535 + 1000 - 4096, 7192 + 1000 - 4096, 1000]]
+    )
 
 
 @pytest.mark.parametrize(
@@ -55,11 +70,16 @@ def test_fix_bad_intercept_closed_form():
      (12, 1, 1.0, False), (16, 1, 1.0, False), (16, 0, 1.0, False)],
 )  # fmt: skip
 def test_needs_intercept_fix_truth_table(bits, rep, intercept, expected):
-    assert needs_intercept_fix(bits_stored=bits, pixel_representation=rep, intercept=intercept) is expected
+    assert (
+        needs_intercept_fix(bits_stored=bits, pixel_representation=rep, intercept=intercept)
+        is expected
+    )
 
 
 def test_header_fields_and_multivalued_window(tmp_path):
-    path = write_slice(tmp_path / "s12.dcm", ramp_hu(8, 12), group="s12", image_id="ID_00ff", z=-42.5)
+    path = write_slice(
+        tmp_path / "s12.dcm", ramp_hu(8, 12), group="s12", image_id="ID_00ff", z=-42.5
+    )
     h = read_header(path)
     assert (h.sop_instance_uid, h.patient_id, h.study_uid, h.series_uid) == (
         "ID_00ff", "ID_patient01", "ID_study0001", "ID_series001",
@@ -109,7 +129,9 @@ def test_big_endian_and_deflated_files_decode_through_pydicom(tmp_path):
     hu = ramp_hu(low=-1000, high=1500)
     src = write_slice(tmp_path / "src.dcm", hu)
     big = _resave(src, tmp_path / "big.dcm", transfer_syntax=ExplicitVRBigEndian, big_endian=True)
-    deflated = _resave(src, tmp_path / "deflated.dcm", transfer_syntax=DeflatedExplicitVRLittleEndian)
+    deflated = _resave(
+        src, tmp_path / "deflated.dcm", transfer_syntax=DeflatedExplicitVRLittleEndian
+    )
     for path in (big, deflated):
         assert dicom._parse(path, with_pixels=True).dataset is not None  # not the fast path
         np.testing.assert_array_equal(read_hu(path), np.rint(hu))
@@ -131,7 +153,9 @@ def test_rle_compressed_file_decodes(tmp_path):
 
 def test_deflate_bomb_is_refused(tmp_path, monkeypatch):
     src = write_slice(tmp_path / "src.dcm", ramp_hu(64, 64))
-    deflated = _resave(src, tmp_path / "deflated.dcm", transfer_syntax=DeflatedExplicitVRLittleEndian)
+    deflated = _resave(
+        src, tmp_path / "deflated.dcm", transfer_syntax=DeflatedExplicitVRLittleEndian
+    )
     monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", 1024)
     with pytest.raises(DicomError, match="inflates past MAX_INFLATED_BYTES"):
         read_hu(deflated)
@@ -176,7 +200,9 @@ def _deeply_nested(tmp_path: Path) -> Path:
     meta = _bytes_of(write_slice(tmp_path / "src.dcm", ramp_hu()))
     ts_end = meta.index(b"1.2.840.10008.1.2.1") + 20
     head = meta[:ts_end]
-    level = struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    level = struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) + struct.pack(
+        "<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF
+    )
     (tmp_path / "nested.dcm").write_bytes(head + level * 5000)
     return tmp_path / "nested.dcm"
 
@@ -198,7 +224,10 @@ BAD_FILES = {
         lambda t: _put(t / "r.dcm", np.random.default_rng(0).bytes(3000)),
         "not an image|cannot parse|not a DICOM",
     ),
-    "text": (lambda t: _put(t / "t.dcm", b"hello, world\n" * 20), "not an image|cannot parse|not a DICOM"),
+    "text": (
+        lambda t: _put(t / "t.dcm", b"hello, world\n" * 20),
+        "not an image|cannot parse|not a DICOM",
+    ),
     "truncated pixel data": (
         lambda t: _put(t / "tr.dcm", _bytes_of(write_slice(t / "s.dcm", ramp_hu()))[:-100]),
         "truncated pixel data: expected 512 bytes, found 412",
@@ -208,8 +237,14 @@ BAD_FILES = {
         "not an image|cannot parse",
     ),
     "no pixel data": (_non_image, "not an image"),
-    "colour": (lambda t: _modified(t, "rgb.dcm", SamplesPerPixel=3), "not grayscale: SamplesPerPixel=3"),
-    "multi-frame": (lambda t: _modified(t, "mf.dcm", NumberOfFrames=2), "multi-frame files are not supported"),
+    "colour": (
+        lambda t: _modified(t, "rgb.dcm", SamplesPerPixel=3),
+        "not grayscale: SamplesPerPixel=3",
+    ),
+    "multi-frame": (
+        lambda t: _modified(t, "mf.dcm", NumberOfFrames=2),
+        "multi-frame files are not supported",
+    ),
     "bad number": (_bad_number, "`intercept` is not a number. Received: 'abc'"),
     "deep nesting": (_deeply_nested, "nested too deeply|cannot parse"),
     "undecodable JPEG": (_jpeg_garbage, "cannot decode pixel data"),

@@ -28,7 +28,9 @@ def _synth(args: argparse.Namespace) -> None:
     )
     result = make_competition(args.out, config, workers=args.workers, force=args.force)
     images = result.manifest["images"]
-    print(f"wrote a synthetic competition to {result.root}: {images['train']} train and {images['test']} test images")
+    print(
+        f"wrote a synthetic competition to {result.root}: {images['train']} train and {images['test']} test images"
+    )
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -47,7 +49,11 @@ def _demo(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     data = out / "data"
     if not (data / "stage_2_train.csv").exists():
-        make_competition(data, SynthConfig(patients=24, studies=2, slices=16, size=256, seed=args.seed), workers=args.workers)
+        make_competition(
+            data,
+            SynthConfig(patients=24, studies=2, slices=16, size=256, seed=args.seed),
+            workers=args.workers,
+        )
     prepared = prepare(data, out / "work", workers=args.workers)
     print(format_report(prepared.report))
     print(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {out}")
@@ -64,13 +70,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=20, help="slices per series")
     p.add_argument("--size", type=int, default=512, help="rows and columns of a regular image")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-fraction", type=float, default=0.25, help="share of patients in the test set")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.25, help="share of patients in the test set"
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing competition")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(run=_synth)
 
-    p = sub.add_parser("prepare", help="scan DICOM headers into metadata, write labels and a report")
-    p.add_argument("data_dir", nargs="?", default=None, help="competition folder (default: search /kaggle/input, then .)")
+    p = sub.add_parser(
+        "prepare", help="scan DICOM headers into metadata, write labels and a report"
+    )
+    p.add_argument(
+        "data_dir",
+        nargs="?",
+        default=None,
+        help="competition folder (default: search /kaggle/input, then .)",
+    )
     p.add_argument("--out", required=True, help="work folder")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(run=_prepare)

@@ -302,7 +302,9 @@ def _parse(path: Path, *, with_pixels: bool, buffer: bytearray | None = None) ->
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size > MAX_FILE_BYTES:
-                raise DicomError(path, f"file is {size} bytes, more than MAX_FILE_BYTES={MAX_FILE_BYTES}")
+                raise DicomError(
+                    path, f"file is {size} bytes, more than MAX_FILE_BYTES={MAX_FILE_BYTES}"
+                )
             if with_pixels and buffer is not None and len(buffer) >= size:
                 data = memoryview(buffer)[: fh.readinto(memoryview(buffer)[:size])]
             else:
@@ -501,7 +503,9 @@ def _parse_pydicom(path: Path, *, with_pixels: bool) -> _Parsed:
     header = _make_header(fields)
     if "PixelData" not in ds and with_pixels:
         if data[128:132] != b"DICM":
-            raise DicomError(path, "not a DICOM file: no 'DICM' prefix and no (7FE0,0010) PixelData")
+            raise DicomError(
+                path, "not a DICOM file: no 'DICM' prefix and no (7FE0,0010) PixelData"
+            )
         raise DicomError(path, "not an image: no (7FE0,0010) PixelData element")
     _check_image(path, header)
     return _Parsed(header, dataset=ds)
@@ -527,7 +531,9 @@ def _pydicom_fields(ds: object, path: Path) -> dict[str, object]:
                 fields[name] = int(list(value)[0] if _is_multi(value) else value)
             continue
         value = ds.get_item(tag).value  # type: ignore[attr-defined]
-        fields[name] = _value(value if isinstance(value, bytes) else _text(value).encode(), kind, path, name)
+        fields[name] = _value(
+            value if isinstance(value, bytes) else _text(value).encode(), kind, path, name
+        )
     return fields
 
 

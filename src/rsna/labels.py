@@ -163,13 +163,17 @@ def to_long(wide: pd.DataFrame, *, columns: Sequence[str] = LABELS) -> pd.DataFr
     """
     absent = [c for c in columns if c not in wide.columns]
     if absent:
-        raise LabelError(f"`wide` is missing label column(s) {absent}. Received: {list(wide.columns)}")
+        raise LabelError(
+            f"`wide` is missing label column(s) {absent}. Received: {list(wide.columns)}"
+        )
     ids = wide.index.astype(str)
     bad = ~ids.str.fullmatch(_IMAGE_ID.pattern)
     if bad.any():
         check_image_id(ids[np.flatnonzero(bad)[0]], where="`wide` index")
     n, k = len(wide), len(columns)
-    long_ids = np.repeat(ids.to_numpy(dtype=object), k) + np.tile(np.array([f"_{c}" for c in columns], dtype=object), n)
+    long_ids = np.repeat(ids.to_numpy(dtype=object), k) + np.tile(
+        np.array([f"_{c}" for c in columns], dtype=object), n
+    )
     values = wide[list(columns)].to_numpy().reshape(-1)
     return pd.DataFrame({"ID": long_ids.astype(str), "Label": values})
 

@@ -78,7 +78,9 @@ def scan_file(job: tuple[str, str, str]) -> dict[str, object]:
         return {**row, "readable": False, "reason": str(exc)}
     header, reason = check_file(path)
     if header is not None:
-        row.update({c: getattr(header, c) for c in _HEADER_COLUMNS}, bad_intercept=header.has_bad_intercept)
+        row.update(
+            {c: getattr(header, c) for c in _HEADER_COLUMNS}, bad_intercept=header.has_bad_intercept
+        )
     return {**row, "readable": not reason, "reason": reason}
 
 
@@ -113,7 +115,11 @@ def prepare(
     labels = _labels(competition, work)
     report = build_report(metadata, labels, competition)
     _write_report(report, work)
-    manifest = {"data_dir": str(competition.root), "label_attrs": labels.attrs, **_inputs(competition)}
+    manifest = {
+        "data_dir": str(competition.root),
+        "label_attrs": labels.attrs,
+        **_inputs(competition),
+    }
     files.write_json(work / PREPARE_JSON, manifest)
     return PrepareResult(work, metadata, labels, report)
 
@@ -129,11 +135,15 @@ def _list_files(competition: Competition) -> list[tuple[str, str, str]]:
     return jobs
 
 
-def _scan(jobs: list[tuple[str, str, str]], root: Path, work: Path, *, workers: int) -> pd.DataFrame:
+def _scan(
+    jobs: list[tuple[str, str, str]], root: Path, work: Path, *, workers: int
+) -> pd.DataFrame:
     """Scan in shards of SHARD_SIZE files; a shard already on disk is read, not rescanned."""
     shard_dir = work / SHARD_DIR
     shards = [jobs[i : i + SHARD_SIZE] for i in range(0, len(jobs), SHARD_SIZE)]
-    paths = [shard_dir / f"shard-{i:05d}-{_digest(shard)}.parquet" for i, shard in enumerate(shards)]
+    paths = [
+        shard_dir / f"shard-{i:05d}-{_digest(shard)}.parquet" for i, shard in enumerate(shards)
+    ]
     todo = [i for i, p in enumerate(paths) if not p.exists()]
     pending = [job for i in todo for job in shards[i]]
     rows = parallel_map(scan_file, pending, workers=workers, desc="scan headers", unit="file")
@@ -163,7 +173,14 @@ _DTYPES = {
     "intercept": "float64", "slope": "float64", "window_center": "float64",
     "window_width": "float64", "bad_intercept": "bool", "readable": "bool",
 }  # fmt: skip
-_FILL = {"instance_number": -1, "rows": -1, "cols": -1, "bits_stored": -1, "pixel_representation": -1, "bad_intercept": False}
+_FILL = {
+    "instance_number": -1,
+    "rows": -1,
+    "cols": -1,
+    "bits_stored": -1,
+    "pixel_representation": -1,
+    "bad_intercept": False,
+}
 
 
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
@@ -173,7 +190,14 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = np.nan
     frame = frame.fillna(_FILL)
-    for column in ("patient_id", "study_uid", "series_uid", "sop_instance_uid", "transfer_syntax", "reason"):
+    for column in (
+        "patient_id",
+        "study_uid",
+        "series_uid",
+        "sop_instance_uid",
+        "transfer_syntax",
+        "reason",
+    ):
         frame[column] = frame[column].fillna("").astype(str)
     frame = frame.astype({k: v for k, v in _DTYPES.items() if k in frame.columns})
     return frame[[c for c in METADATA_COLUMNS if c not in ("slice_index", "series_length")]]
@@ -185,7 +209,9 @@ def add_slice_order(metadata: pd.DataFrame) -> pd.DataFrame:
     Files without a series UID get index -1 and length 0.
     """
     frame = metadata.drop(columns=["slice_index", "series_length"], errors="ignore").copy()
-    order = frame.reset_index().sort_values(["series_uid", "z", "instance_number", "image_id"], na_position="last")
+    order = frame.reset_index().sort_values(
+        ["series_uid", "z", "instance_number", "image_id"], na_position="last"
+    )
     order["slice_index"] = order.groupby("series_uid", sort=False).cumcount()
     order["series_length"] = order.groupby("series_uid", sort=False)["image_id"].transform("size")
     no_series = order["series_uid"] == ""
@@ -229,7 +255,9 @@ def data_dir(work_dir: str | os.PathLike[str]) -> Path:
     """The competition folder a work folder was prepared from."""
     manifest = Path(work_dir) / PREPARE_JSON
     if not manifest.exists():
-        raise PrepareError(f"{work_dir}: not a prepared work folder (no {PREPARE_JSON}); run `rsna prepare` first")
+        raise PrepareError(
+            f"{work_dir}: not a prepared work folder (no {PREPARE_JSON}); run `rsna prepare` first"
+        )
     return Path(files.read_json(manifest)["data_dir"])
 
 
@@ -275,7 +303,10 @@ def build_report(metadata: pd.DataFrame, labels: pd.DataFrame, competition: Comp
         "labels_without_file": no_file,
         "files_without_labels": no_label,
         "sop_uid_mismatch": sorted(
-            metadata.index[(metadata["sop_instance_uid"] != "") & (metadata["sop_instance_uid"] != metadata.index)]
+            metadata.index[
+                (metadata["sop_instance_uid"] != "")
+                & (metadata["sop_instance_uid"] != metadata.index)
+            ]
         ),
         "label_rates": {c: float(labels[c].mean()) if len(labels) else math.nan for c in LABELS},
         "positive_rate_by_group": _rate_by_group(train, labels),
@@ -287,7 +318,9 @@ def build_report(metadata: pd.DataFrame, labels: pd.DataFrame, competition: Comp
         ("sop_uid_mismatch", "files have a SOPInstanceUID other than their name"),
     ):
         if report[key]:
-            warnings.warn(f"{len(report[key])} {message}; see the prepare report", DataWarning, stacklevel=2)
+            warnings.warn(
+                f"{len(report[key])} {message}; see the prepare report", DataWarning, stacklevel=2
+            )
     return report
 
 

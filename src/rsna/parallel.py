@@ -29,7 +29,9 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterable[T]:
+def progress(
+    iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it"
+) -> Iterable[T]:
     """A tqdm progress bar; ``RSNA_PROGRESS=0`` turns bars off."""
     disable = os.environ.get("RSNA_PROGRESS", "1") == "0"
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, mininterval=0.5)

@@ -45,7 +45,13 @@ def plot_prepare_summary(report: dict):
     right.set_ylabel("images")
     twin = right.twinx()
     by_group = report["positive_rate_by_group"]
-    twin.plot(names, [by_group.get(n, float("nan")) for n in names], "o-", color="tab:red", label="any rate")
+    twin.plot(
+        names,
+        [by_group.get(n, float("nan")) for n in names],
+        "o-",
+        color="tab:red",
+        label="any rate",
+    )
     twin.set_ylabel("any-positive rate")
     handles = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     right.legend(handles, ["images", "any rate"], loc="upper right")

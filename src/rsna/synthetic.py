@@ -86,7 +86,9 @@ class SynthConfig:
         for name, low in (("patients", 2), ("studies", 1), ("slices", 3), ("size", 32)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SynthError(f"`{name}` must be an integer >= {low}. Received: {name}={value!r}")
+                raise SynthError(
+                    f"`{name}` must be an integer >= {low}. Received: {name}={value!r}"
+                )
         for name in ("test_fraction", "bleed_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -266,7 +268,11 @@ def _plan_bleeds(rng: np.random.Generator, config: SynthConfig, group: str) -> t
                 x=float(0.35 * math.cos(angle) * rng.uniform(0.3, 1.0)),
                 y=float(0.35 * math.sin(angle) * rng.uniform(0.3, 1.0)),
                 radius=radius,
-                hu=float(rng.uniform(55.0, 85.0) if subtype != "subarachnoid" else rng.uniform(50.0, 65.0)),
+                hu=float(
+                    rng.uniform(55.0, 85.0)
+                    if subtype != "subarachnoid"
+                    else rng.uniform(50.0, 65.0)
+                ),
             )
         )
     return tuple(bleeds)
@@ -287,7 +293,9 @@ def _guarantee_quirks(series: list[SeriesPlan], config: SynthConfig) -> list[Ser
 # ---------------------------------------------------------------------------- rendering
 
 
-def _coords(rows: int, cols: int, head: Head, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _coords(
+    rows: int, cols: int, head: Head, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Image-frame (x, y) and head-frame (elliptic radius r, angle theta), per pixel."""
     half = min(rows, cols) / 2.0
     y = ((np.arange(rows, dtype=np.float32) - (rows - 1) / 2) / half)[:, None]
@@ -395,7 +403,9 @@ def _bleed_mask(
 # ----------------------------------------------------------------------------- encoding
 
 
-def encode_hu(hu: np.ndarray, *, group: HeaderGroup, bad_intercept: bool = False) -> tuple[np.ndarray, float]:
+def encode_hu(
+    hu: np.ndarray, *, group: HeaderGroup, bad_intercept: bool = False
+) -> tuple[np.ndarray, float]:
     """Stored values and RescaleIntercept that store `hu` the way `group` does.
 
     A bad-intercept file keeps HU in [-1000, 3095] and stores ``HU mod 4096`` with
@@ -404,7 +414,9 @@ def encode_hu(hu: np.ndarray, *, group: HeaderGroup, bad_intercept: bool = False
     q = np.rint(hu)
     if bad_intercept:
         if group.bits_stored != 12 or group.pixel_representation != 0:
-            raise SynthError(f"bad-intercept files are 12-bit unsigned. Received: group={group.name}")
+            raise SynthError(
+                f"bad-intercept files are 12-bit unsigned. Received: group={group.name}"
+            )
         q = np.clip(q, -1000, 3095)
         return np.mod(q, 4096).astype(np.uint16), BAD_INTERCEPT
     low, high = group.stored_range
@@ -518,7 +530,11 @@ class SynthResult:
 
 
 def make_competition(
-    out: str | os.PathLike[str], config: SynthConfig = SynthConfig(), *, workers: int | None = None, force: bool = False
+    out: str | os.PathLike[str],
+    config: SynthConfig = SynthConfig(),
+    *,
+    workers: int | None = None,
+    force: bool = False,
 ) -> SynthResult:
     """Write a synthetic competition to `out` (see the module docstring).
 
@@ -527,16 +543,21 @@ def make_competition(
     """
     root = Path(out)
     if (root / TRAIN_CSV).exists() and not force:
-        raise SynthError(f"{root} already holds a competition ({TRAIN_CSV}); pass --force (force=True in Python) to overwrite it")
+        raise SynthError(
+            f"{root} already holds a competition ({TRAIN_CSV}); pass --force (force=True in Python) to overwrite it"
+        )
     series = plan(config)
     jobs = [(s, str(root)) for s in series]
     rows: dict[str, list[tuple[str, tuple[int, ...]]]] = {"train": [], "test": []}
-    for s, result in zip(series, parallel_map(_write_series, jobs, workers=workers, desc="synth", unit="series")):
+    written = parallel_map(_write_series, jobs, workers=workers, desc="synth", unit="series")
+    for s, result in zip(series, written, strict=True):
         rows[s.split].extend(result)
     labels = {split: _frame(items) for split, items in rows.items()}
     rng = np.random.default_rng([config.seed, 2])
     corrupt = _corrupt(root, series, rng)
-    duplicated = sorted(rng.choice(labels["train"].index, size=min(3, len(labels["train"])), replace=False).tolist())
+    duplicated = sorted(
+        rng.choice(labels["train"].index, size=min(3, len(labels["train"])), replace=False).tolist()
+    )
     _write_csvs(root, labels, duplicated, rng)
     manifest = {
         "config": asdict(config),
@@ -554,15 +575,23 @@ def make_competition(
 
 
 def _frame(items: list[tuple[str, tuple[int, ...]]]) -> pd.DataFrame:
-    frame = pd.DataFrame([v for _, v in items], index=pd.Index([i for i, _ in items], name="image_id"), columns=list(LABELS))
+    frame = pd.DataFrame(
+        [v for _, v in items],
+        index=pd.Index([i for i, _ in items], name="image_id"),
+        columns=list(LABELS),
+    )
     return frame.astype(np.int8).sort_index()
 
 
-def _corrupt(root: Path, series: list[SeriesPlan], rng: np.random.Generator) -> dict[str, list[str]]:
+def _corrupt(
+    root: Path, series: list[SeriesPlan], rng: np.random.Generator
+) -> dict[str, list[str]]:
     """Truncate the pixel data of one regular train file and one test file."""
     corrupt: dict[str, list[str]] = {"train": [], "test": []}
     for split, folder in (("train", TRAIN_DIR), ("test", TEST_DIR)):
-        candidates = [s for s in series if s.split == split and not s.bad_intercept and s.rows == s.cols]
+        candidates = [
+            s for s in series if s.split == split and not s.bad_intercept and s.rows == s.cols
+        ]
         if not candidates:
             continue
         chosen = candidates[int(rng.integers(len(candidates)))]
@@ -574,7 +603,9 @@ def _corrupt(root: Path, series: list[SeriesPlan], rng: np.random.Generator) -> 
     return corrupt
 
 
-def _write_csvs(root: Path, labels: dict[str, pd.DataFrame], duplicated: list[str], rng: np.random.Generator) -> None:
+def _write_csvs(
+    root: Path, labels: dict[str, pd.DataFrame], duplicated: list[str], rng: np.random.Generator
+) -> None:
     train = labels["train"].iloc[rng.permutation(len(labels["train"]))]
     long = to_long(train)
     blocks = [long]

@@ -102,7 +102,9 @@ def parse_windows(spec: str | Sequence[str | Window]) -> tuple[Window, ...]:
             try:
                 windows.append(Window(center=float(center), width=float(width)))
             except ValueError as exc:
-                raise WindowError(f"`windows` entry must be center/width. Received: {item!r}") from exc
+                raise WindowError(
+                    f"`windows` entry must be center/width. Received: {item!r}"
+                ) from exc
         else:
             raise WindowError(
                 f"Unknown window {item!r}. Expected one of {sorted(PRESETS)} or center/width."
@@ -171,8 +173,19 @@ def _linear_window(
         clamp = np.empty_like(pixels)
     # convertScaleAbs computes saturate(|alpha * x + beta|): clamping at the lower edge
     # first keeps alpha * x + beta >= 0, so the absolute value never acts.
-    cv2.max(pixels, float(low), dst=clamp)
-    return cv2.convertScaleAbs(clamp, dst=out, alpha=alpha, beta=-alpha * low)
+    clamped = _clamp_below(pixels, low, out=clamp)
+    return cv2.convertScaleAbs(clamped, dst=out, alpha=alpha, beta=-alpha * low)
+
+
+def _clamp_below(pixels: np.ndarray, low: float, *, out: np.ndarray) -> np.ndarray:
+    """``max(pixels, low)`` into `out` (cv2.max is 4x faster than NumPy here).
+
+    OpenCV's Python bindings read a one-element array as a scalar, so that case goes
+    through NumPy.
+    """
+    if pixels.size == 1:
+        return np.maximum(pixels, pixels.dtype.type(low), out=out)
+    return cv2.max(pixels, float(low), dst=out)
 
 
 _INTEGER_RANGES = {
@@ -261,7 +274,9 @@ class Preprocessor:
     ) -> None:
         windows = tuple(windows)
         if not windows or not all(isinstance(w, Window) for w in windows):
-            raise WindowError(f"`windows` must be a non-empty sequence of Window. Received: {windows!r}")
+            raise WindowError(
+                f"`windows` must be a non-empty sequence of Window. Received: {windows!r}"
+            )
         if curve not in ("linear", "sigmoid"):
             raise WindowError(f"`curve` must be 'linear' or 'sigmoid'. Received: curve={curve!r}")
         _check_size(size)
@@ -281,8 +296,13 @@ class Preprocessor:
         channels = []
         for window in self.windows:
             if self.curve == "linear":
-                clamp = self._buffer(pixels.shape, pixels.dtype if pixels.dtype.kind in "iu" else np.dtype(np.float32))
-                level = _linear_window(pixels, window, slope=slope, intercept=intercept, clamp=clamp, out=out)
+                clamp = self._buffer(
+                    pixels.shape,
+                    pixels.dtype if pixels.dtype.kind in "iu" else np.dtype(np.float32),
+                )
+                level = _linear_window(
+                    pixels, window, slope=slope, intercept=intercept, clamp=clamp, out=out
+                )
             else:
                 level = _sigmoid_window(pixels, window, slope=slope, intercept=intercept)
             pad = 0 if square else air_level(window, curve=self.curve)
@@ -296,7 +316,9 @@ class Preprocessor:
             self._scratch[key] = np.empty(shape, dtype)
         return self._scratch[key]
 
-    def _stored_values(self, path_or_hu: str | os.PathLike[str] | np.ndarray) -> tuple[np.ndarray, float, float]:
+    def _stored_values(
+        self, path_or_hu: str | os.PathLike[str] | np.ndarray
+    ) -> tuple[np.ndarray, float, float]:
         if isinstance(path_or_hu, np.ndarray):
             if path_or_hu.ndim != 2 or path_or_hu.dtype.kind not in "iuf":
                 raise WindowError(
@@ -310,7 +332,9 @@ class Preprocessor:
 
         image = read_image(path_or_hu, buffer=self._file)
         if not image.slope > 0:
-            raise WindowError(f"{path_or_hu}: RescaleSlope must be positive. Received: {image.slope}")
+            raise WindowError(
+                f"{path_or_hu}: RescaleSlope must be positive. Received: {image.slope}"
+            )
         return image.pixels, image.slope, image.intercept
 
 
