@@ -54,5 +54,5 @@ def plot_prepare_summary(report: dict):
     )
     twin.set_ylabel("any-positive rate")
     handles = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    right.legend(handles, ["images", "any rate"], loc="upper right")
+    right.legend(handles, ["images", "any rate"], loc="upper left")
     return figure
