@@ -3,22 +3,46 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from rsna.cache import CacheSpec
+from rsna.errors import DataWarning
 from rsna.synthetic import GROUPS, SynthConfig, dicom_bytes, encode_hu, make_competition
 
 os.environ.setdefault("RSNA_PROGRESS", "0")
 
 TINY = SynthConfig(patients=8, studies=2, slices=6, size=64, seed=0)
+TINY_SPEC = CacheSpec(size=32)
 
 
 @pytest.fixture(scope="session")
 def tiny_competition(tmp_path_factory: pytest.TempPathFactory):
     """A synthetic competition of 64x64 slices, made once per test session."""
     return make_competition(tmp_path_factory.mktemp("competition"), TINY, workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_work(tiny_competition, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_competition` prepared, with folds and a 32x32 cache (shards of 16 slices)."""
+    from rsna.cache import build_cache
+    from rsna.folds import make_folds, write_folds
+    from rsna.metadata import prepare
+
+    work = tmp_path_factory.mktemp("work")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        result = prepare(tiny_competition.root, work, workers=1)
+    write_folds(
+        make_folds(result.metadata, result.labels, n_folds=3, seed=0),
+        result.metadata,
+        work / "folds.csv",
+    )
+    build_cache(work, TINY_SPEC, shard_size=16, workers=1)
+    return work
 
 
 def write_slice(

@@ -41,6 +41,37 @@ def _prepare(args: argparse.Namespace) -> None:
     print(f"wrote {result.work_dir}/metadata.parquet, labels.parquet and {REPORT}.md/.json/.png")
 
 
+def _folds(args: argparse.Namespace) -> None:
+    from rsna.folds import FOLDS_FILE, fold_table, make_folds, write_folds
+    from rsna.metadata import read_metadata, read_prepared_labels
+
+    metadata, labels = read_metadata(args.work_dir), read_prepared_labels(args.work_dir)
+    folds = make_folds(metadata, labels, n_folds=args.n_folds, seed=args.seed)
+    path = write_folds(folds, metadata, Path(args.work_dir) / FOLDS_FILE)
+    print(fold_table(folds, labels, metadata).to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {path}")
+
+
+def _preprocess(args: argparse.Namespace) -> None:
+    from rsna.cache import CacheSpec, build_cache
+    from rsna.windowing import parse_windows
+
+    spec = CacheSpec(size=args.size, windows=parse_windows(args.windows), curve=args.curve)
+    result = build_cache(
+        args.work_dir,
+        spec,
+        out=args.out,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        force=args.force,
+    )
+    print(
+        f"cache {result.path}: {result.images} images ({spec.describe()}); "
+        f"{result.shards_written} shards written, {result.shards_reused} reused; "
+        f"{len(result.unreadable)} unreadable (zeros): {sorted(result.unreadable)[:10]}"
+    )
+
+
 def _demo(args: argparse.Namespace) -> None:
     from rsna.metadata import format_report, prepare
     from rsna.synthetic import SynthConfig, make_competition
@@ -89,6 +120,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="work folder")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(run=_prepare)
+
+    p = sub.add_parser("folds", help="split the labelled images into patient-grouped folds")
+    p.add_argument("work_dir", help="a prepared work folder")
+    p.add_argument("--n-folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_folds)
+
+    p = sub.add_parser("preprocess", help="window every slice once into a sharded uint8 cache")
+    p.add_argument("work_dir", help="a prepared work folder")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument(
+        "--windows", default="brain,subdural,soft", help="names or center/width, comma-separated"
+    )
+    p.add_argument("--curve", choices=["linear", "sigmoid"], default="linear")
+    p.add_argument("--shard-size", type=int, default=1024, help="images per shard file")
+    p.add_argument(
+        "--out", default=None, help="cache folder (default: WORK/cache/<size>_<windows>)"
+    )
+    p.add_argument("--force", action="store_true", help="replace a cache made with other options")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(run=_preprocess)
 
     p = sub.add_parser("demo", help="run the whole path on a synthetic competition")
     p.add_argument("--out", default="demo", help="folder for everything the demo writes")

@@ -222,6 +222,46 @@ def add_slice_order(metadata: pd.DataFrame) -> pd.DataFrame:
     return frame[list(METADATA_COLUMNS)]
 
 
+def neighbours(slices: pd.DataFrame, image_ids: Sequence[str], *, context: int) -> np.ndarray:
+    """The IDs of slices ``s - context .. s + context`` around each image, by z.
+
+    Args:
+        slices: ``series_uid`` and ``slice_index`` per image ID (metadata or cache index).
+        image_ids: the centre slices.
+        context: slices on each side; 0 gives each image alone.
+
+    Returns:
+        An object array (len(image_ids), 2 * context + 1). At the ends of a series the
+        edge slice repeats; an image without a series stands in for its own neighbours.
+    """
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+        raise PrepareError(
+            f"`context` must be a non-negative integer. Received: context={context!r}"
+        )
+    ids = np.asarray(image_ids, dtype=object)
+    if context == 0:
+        return ids[:, None]
+    by_position = {
+        (s, i): image
+        for image, s, i in zip(
+            slices.index, slices["series_uid"], slices["slice_index"], strict=True
+        )
+    }
+    length = slices.groupby("series_uid")["slice_index"].max() + 1
+    series = slices.loc[ids, "series_uid"].to_numpy()
+    centre = slices.loc[ids, "slice_index"].to_numpy()
+    table = np.empty((len(ids), 2 * context + 1), dtype=object)
+    for row, (image, s, i) in enumerate(zip(ids, series, centre, strict=True)):
+        if s == "" or i < 0:
+            table[row] = image
+            continue
+        last = length[s] - 1
+        table[row] = [
+            by_position[(s, min(max(i + d, 0), last))] for d in range(-context, context + 1)
+        ]
+    return table
+
+
 def _inputs(competition: Competition) -> dict[str, object]:
     csvs = {"train_csv": competition.train_csv, "sample_csv": competition.sample_csv}
     return {name: files.fingerprint(path) for name, path in csvs.items() if path is not None}

@@ -2,8 +2,9 @@
 
 Worker processes are forked when that is safe, and spawned when TensorFlow is already
 loaded in the parent (forking a process that holds TensorFlow's threads can deadlock).
-Each worker limits OpenCV to one thread, since OpenCV's own pool can deadlock after a
-fork and the processes already use every core.
+Each worker runs OpenCV without its thread pool (``cv2.setNumThreads(0)``), since that
+pool can deadlock after a fork and the processes already use every core, and each worker
+dies with its parent.
 """
 
 from __future__ import annotations
@@ -37,10 +38,29 @@ def progress(
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, mininterval=0.5)
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
     import cv2
 
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(0)  # 0, not 1: after a fork, setNumThreads(1) can hang in OpenCV's pool
+    _exit_with_parent(parent)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Ask Linux to kill this worker when its parent dies.
+
+    Without it, a killed ``rsna preprocess`` leaves its pool workers blocked on their
+    task queue forever.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -70,5 +90,8 @@ def parallel_map(
         yield from progress(map(fn, items), total=n, desc=desc, unit=unit)
         return
     chunksize = chunksize or max(1, min(256, n // (workers * 8)))
-    with ProcessPoolExecutor(workers, mp_context=_context(), initializer=_init_worker) as pool:
+    pool = ProcessPoolExecutor(
+        workers, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),)
+    )
+    with pool:
         yield from progress(pool.map(fn, items, chunksize=chunksize), total=n, desc=desc, unit=unit)
