@@ -28,7 +28,7 @@ def synthetic_tables(n_patients: int = 300, seed: int = 0) -> tuple[pd.DataFrame
     for p in range(n_patients):
         sick = rng.random() < 0.35
         for s in range(int(rng.integers(1, 4))):
-            for k in range(10):
+            for _ in range(10):
                 image_id = f"ID_{len(rows):09x}"
                 rows.append(
                     {
