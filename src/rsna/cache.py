@@ -320,8 +320,14 @@ class ImageCache:
 
     def read(self, image_id: str) -> np.ndarray:
         """The uint8 (size, size, channels) image of one slice, as a fresh array."""
+        out = np.empty(self.shape, np.uint8)
+        self.read_into(image_id, out)
+        return out
+
+    def read_into(self, image_id: str, out: np.ndarray) -> None:
+        """Copy one slice's image into `out` (a view into a batch): one copy, no allocation."""
         shard, row = self._row[self._locate(image_id)]
-        return np.array(self._shard(int(shard))[row])
+        np.copyto(out, self._shard(int(shard))[row])
 
     def _locate(self, image_id: str) -> str:
         if image_id not in self._row:
@@ -393,6 +399,10 @@ class DicomImages:
             preprocessor = Preprocessor(windows=spec.windows, size=spec.size, curve=spec.curve)
             self._local.preprocessor = preprocessor
         return preprocessor(self._path[self._locate(image_id)])
+
+    def read_into(self, image_id: str, out: np.ndarray) -> None:
+        """Preprocess one slice into `out` (a view into a batch)."""
+        np.copyto(out, self.read(image_id))
 
     def _locate(self, image_id: str) -> str:
         if image_id not in self._path:

@@ -154,21 +154,19 @@ class DataGenerator(keras.utils.PyDataset):
         self._setup_worker()
         rows = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
-        images, kept = [], []
-        for row in rows:
-            image = self._sample(int(row))
-            if image is None:
-                continue
-            if rng is not None:
-                image = augment(image, rng, self.augment)
-            images.append(image)
-            kept.append(row)
-        x = np.stack(images) if images else np.zeros((0, *self._shape), np.uint8)
+        x = np.empty((len(rows), *self._shape), np.uint8)  # each image is read straight into it
+        kept = np.ones(len(rows), bool)
+        for k, row in enumerate(rows):
+            kept[k] = self._fill(x[k], int(row))
+            if rng is not None and kept[k]:
+                x[k] = augment(x[k], rng, self.augment)
+        if not kept.all():
+            x, rows = x[kept], rows[kept]
         if self.dtype == "float32":
             x = x.astype(np.float32) / np.float32(255.0)
         if not self.to_fit:
             return x
-        return x, self._targets[np.asarray(kept, dtype=np.int64)]
+        return x, self._targets[rows]
 
     # ------------------------------------------------------------------ internals
 
@@ -176,29 +174,32 @@ class DataGenerator(keras.utils.PyDataset):
     def _shape(self) -> tuple[int, int, int]:
         return (self.spec.size, self.spec.size, self.channels)
 
-    def _sample(self, row: int) -> np.ndarray | None:
-        """The stacked context channels of one image; None if it must be skipped."""
+    def _fill(self, out: np.ndarray, row: int) -> bool:
+        """Write the stacked context channels of one image into `out`; False to skip it."""
         centre = self.image_ids[row]
+        step = self.spec.channels
         try:
-            stack = [self._read(image_id, centre) for image_id in self._slices[row]]
+            for j, image_id in enumerate(self._slices[row]):
+                self._read_into(image_id, centre, out[..., j * step : (j + 1) * step])
         except RsnaError as exc:
             if self.to_fit:
                 warnings.warn(f"skipping {centre} in training: {exc}", DataWarning, stacklevel=2)
                 self.failed.append(centre)
-                return None
+                return False
             warnings.warn(f"predicting {centre} from zeros: {exc}", DataWarning, stacklevel=2)
             self.unreadable.append(centre)
-            return np.zeros(self._shape, np.uint8)
-        return stack[0] if len(stack) == 1 else np.concatenate(stack, axis=-1)
+            out[...] = 0
+        return True
 
-    def _read(self, image_id: str, centre: str) -> np.ndarray:
+    def _read_into(self, image_id: str, centre: str, out: np.ndarray) -> None:
         if image_id != centre and not self.images.readable(image_id):
             image_id = centre  # an unreadable neighbour: use the centre slice instead
-        if not self.images.readable(image_id):
-            if self.to_fit:
-                raise GeneratorError(f"{image_id} is unreadable: {self.images.reason(image_id)}")
-            return np.zeros((self.spec.size, self.spec.size, self.spec.channels), np.uint8)
-        return self.images.read(image_id)
+        if self.images.readable(image_id):
+            self.images.read_into(image_id, out)
+        elif self.to_fit:
+            raise GeneratorError(f"{image_id} is unreadable: {self.images.reason(image_id)}")
+        else:
+            out[...] = 0
 
     def _drop_unreadable(self, ids: list[str]) -> list[str]:
         bad = [i for i in ids if not self.images.readable(i)]

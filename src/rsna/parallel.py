@@ -1,8 +1,8 @@
 """Process-pool maps with a progress bar, used by every stage that touches many files.
 
-Worker processes are forked when that is safe, and spawned when TensorFlow is already
-loaded in the parent (forking a process that holds TensorFlow's threads can deadlock).
-Each worker runs OpenCV without its thread pool (``cv2.setNumThreads(0)``), since that
+Worker processes are forked on Linux, as Keras forks its own data workers: they never
+touch TensorFlow, so a parent that has loaded it is fine, and no ``__main__`` guard is
+needed in scripts. Elsewhere they are spawned. Each worker runs OpenCV without its thread pool (``cv2.setNumThreads(0)``), since that
 pool can deadlock after a fork and the processes already use every core, and each worker
 dies with its parent.
 """
@@ -64,8 +64,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _context() -> multiprocessing.context.BaseContext:
-    method = "spawn" if "tensorflow" in sys.modules or sys.platform != "linux" else "fork"
-    return multiprocessing.get_context(method)
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
 def parallel_map(
