@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -72,22 +71,79 @@ def _preprocess(args: argparse.Namespace) -> None:
     )
 
 
-def _demo(args: argparse.Namespace) -> None:
-    from rsna.metadata import format_report, prepare
-    from rsna.synthetic import SynthConfig, make_competition
+def _config(args: argparse.Namespace):
+    from rsna.config import load_config, parse_override
 
-    out = Path(args.out)
-    start = time.perf_counter()
-    data = out / "data"
-    if not (data / "stage_2_train.csv").exists():
-        make_competition(
-            data,
-            SynthConfig(patients=24, studies=2, slices=16, size=256, seed=args.seed),
-            workers=args.workers,
+    overrides = dict(parse_override(item) for item in args.set or [])
+    return load_config(args.config, overrides=overrides)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from rsna.train import choose_strategy, train_folds
+
+    config = _config(args)
+    folds = "all" if args.fold == "all" else [int(k) for k in args.fold.split(",")]
+    results = train_folds(config, folds, strategy=choose_strategy(args.strategy), force=args.force)
+    print(f"trained {len(results)} fold(s); outputs in {config.run_dir}")
+
+
+def _run_config(path: str):
+    """A config file, or a run folder holding the config.toml that training saved."""
+    from rsna.config import load_config
+
+    target = Path(path)
+    if target.is_dir():
+        target = target / "config.toml"
+    return load_config(target)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from rsna.train import evaluate, format_scores
+
+    config = _run_config(args.target)
+    result = evaluate(config.run_dir, config.data.work_dir)
+    print(format_scores(result.scores))
+    report = result.report
+    print(
+        f"CV weighted log loss {report['weighted_log_loss']:.4f} over {report['images']} images "
+        f"({len(report['folds'])} folds); prior {report['prior_weighted_log_loss']:.4f}; "
+        f"ratio {report['ratio_to_prior']:.2f}"
+    )
+    print(f"wrote {config.run_dir}/oof.csv, evaluate.json and roc_pr.png")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from rsna.predict import predict_test
+
+    if args.stage != 1:
+        raise RsnaError(
+            f"`--stage` must be 1 (the series model is not built yet). Received: {args.stage}"
         )
-    prepared = prepare(data, out / "work", workers=args.workers)
-    print(format_report(prepared.report))
-    print(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {out}")
+    result = predict_test(_config(args))
+    report = result.report
+    print(
+        f"predicted {report['images']} images with {len(report['folds'])} fold model(s), TTA {report['tta']}, "
+        f"ensemble {report['ensemble']}"
+    )
+    for key in ("unreadable_given_prior", "missing_files_given_prior"):
+        if report[key]:
+            print(f"{key.replace('_', ' ')}: {', '.join(report[key])}")
+    print(f"wrote {result.submission}")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from rsna.paths import find_competition
+    from rsna.submission import validate_submission
+
+    sample = args.sample or find_competition(args.data_dir).sample_csv
+    frame = validate_submission(args.submission, sample)
+    print(f"{args.submission}: valid ({len(frame)} rows, {len(frame) // 6} images)")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from rsna.demo import run_demo
+
+    run_demo(args.out, seed=args.seed, workers=args.workers)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,6 +197,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a cache made with other options")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(run=_preprocess)
+
+    p = sub.add_parser("train", help="train folds of a config (resumes an interrupted fold)")
+    p.add_argument("config", help="experiment TOML, e.g. configs/baseline.toml")
+    p.add_argument("--fold", default="all", help="a fold, a comma-separated list, or all")
+    p.add_argument("--force", action="store_true", help="retrain folds that already finished")
+    p.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "tpu"])
+    p.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value"
+    )
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser(
+        "evaluate", help="merge out-of-fold predictions and score them against the prior"
+    )
+    p.add_argument(
+        "target",
+        metavar="RUN",
+        help="a config TOML, or a run folder (with the config.toml training saved)",
+    )
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser(
+        "predict", help="predict the test set with every fold and write submission.csv"
+    )
+    p.add_argument("config", help="experiment TOML")
+    p.add_argument("--stage", type=int, default=1, help="1: the slice models")
+    p.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value"
+    )
+    p.set_defaults(run=_predict)
+
+    p = sub.add_parser("validate", help="check a submission file against the sample submission")
+    p.add_argument("submission")
+    p.add_argument(
+        "--sample", default=None, help="sample submission (default: found with the data)"
+    )
+    p.add_argument("--data-dir", default=None, help="competition folder to search for the sample")
+    p.set_defaults(run=_validate)
 
     p = sub.add_parser("demo", help="run the whole path on a synthetic competition")
     p.add_argument("--out", default="demo", help="folder for everything the demo writes")

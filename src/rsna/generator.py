@@ -70,6 +70,7 @@ class DataGenerator(keras.utils.PyDataset):
         seed: seeds the order and the augmentation.
         to_fit: return ``(x, y)`` (True) or x alone (False).
         dtype: ``"uint8"`` or ``"float32"`` (x / 255).
+        hflip: flip every image left-right (test-time augmentation).
         **kwargs: passed to :class:`keras.utils.PyDataset`: ``workers``,
             ``use_multiprocessing``, ``max_queue_size``.
     """
@@ -90,6 +91,7 @@ class DataGenerator(keras.utils.PyDataset):
         seed: int = 0,
         to_fit: bool = True,
         dtype: str = "uint8",
+        hflip: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -102,7 +104,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.spec = CacheSpec(size=size, windows=tuple(windows))
         self.images = _source(work_dir=work_dir, cache=cache, spec=self.spec)
         self.batch_size, self.context, self.shuffle, self.seed = batch_size, context, shuffle, seed
-        self.to_fit, self.dtype = to_fit, dtype
+        self.to_fit, self.dtype, self.hflip = to_fit, dtype, hflip
         self.augment = Augment() if augment is True else (augment or None)
         self.epoch = 0
         self.skipped: list[str] = []
@@ -162,6 +164,8 @@ class DataGenerator(keras.utils.PyDataset):
                 x[k] = augment(x[k], rng, self.augment)
         if not kept.all():
             x, rows = x[kept], rows[kept]
+        if self.hflip:
+            x = np.ascontiguousarray(x[:, :, ::-1])
         if self.dtype == "float32":
             x = x.astype(np.float32) / np.float32(255.0)
         if not self.to_fit:

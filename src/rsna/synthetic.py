@@ -40,7 +40,7 @@ from rsna.parallel import parallel_map
 from rsna.paths import SAMPLE_CSV, TEST_DIRS, TRAIN_CSV, TRAIN_DIRS
 
 #: A slice is positive for a subtype when its blob covers this share of the image.
-MIN_BLEED_FRACTION = 1e-4
+MIN_BLEED_FRACTION = 2.5e-4
 PADDING_HU = -3024.0  # outside the scanner's field of view: stored -2000 at intercept -1024
 TRAIN_DIR, TEST_DIR = TRAIN_DIRS[0], TEST_DIRS[0]
 MANIFEST, TEST_LABELS = "synthetic_manifest.json", "synthetic_test_labels.csv"
@@ -279,8 +279,28 @@ def _plan_bleeds(rng: np.random.Generator, config: SynthConfig, group: str) -> t
 
 
 def _guarantee_quirks(series: list[SeriesPlan], config: SynthConfig) -> list[SeriesPlan]:
-    """Make sure the train split has a bad-intercept series and a non-square series."""
+    """Make sure the train split has a bad-intercept series, a non-square series, and
+    (when it has enough bleeding series) every subtype."""
     train = [s.index for s in series if s.split == "train"]
+    for subtype in SUBTYPES:
+        present = {b.subtype for i in train for b in series[i].bleeds}
+        donors = [
+            i
+            for i in train
+            if series[i].bleeds
+            and sum(
+                b.subtype == series[i].bleeds[0].subtype for j in train for b in series[j].bleeds
+            )
+            > 1
+        ]
+        if subtype not in present and donors:
+            i = donors[-1]
+            first = series[i].bleeds[0]
+            centre = (
+                0.53 * (config.slices - 1) if subtype == "intraventricular" else first.center_slice
+            )
+            changed = replace(first, subtype=subtype, center_slice=centre)
+            series[i] = replace(series[i], bleeds=(changed, *series[i].bleeds[1:]))
     if not any(series[i].bad_intercept for i in train):
         i = train[-1]
         series[i] = replace(series[i], group="u12", bad_intercept=True)
@@ -378,16 +398,16 @@ def _bleed_mask(
     d = _angle_to(theta, bleed.angle)
     if bleed.subtype == "epidural":  # a lens against the skull, thick in the middle
         span = bleed.radius * 1.4 * g
-        depth = np.maximum(4 * pixel, 0.10 * g) * np.clip(1 - (d / span) ** 2, 0, None)
+        depth = np.maximum(4 * pixel, 0.14 * g) * np.clip(1 - (d / span) ** 2, 0, None)
         return (r < inner) & (r > inner - depth)
     if bleed.subtype == "subdural":  # a long thin crescent along the skull
         span = bleed.radius * 3.0 * g
-        depth = max(3 * pixel, 0.05 * g) * np.clip(1 - (d / span) ** 4, 0, None)
+        depth = max(3 * pixel, 0.08 * g) * np.clip(1 - (d / span) ** 4, 0, None)
         return (r < inner) & (r > inner - depth)
     if bleed.subtype == "subarachnoid":  # thin, along the surface, into the sulci
         span = bleed.radius * 2.5 * g
-        fingers = (0.5 + 0.5 * np.cos(14 * theta)) ** 4 * 0.06
-        band = max(2 * pixel, 0.012)
+        fingers = (0.5 + 0.5 * np.cos(14 * theta)) ** 4 * 0.10
+        band = max(2 * pixel, 0.025)
         near = np.abs(d) < span
         return near & (r < inner - 0.015) & (r > inner - 0.015 - band - fingers)
     if bleed.subtype == "intraventricular":
@@ -396,7 +416,7 @@ def _bleed_mask(
     # intraparenchymal: a round blob in the brain
     dx = (x - head.cx) / head.ax - bleed.x
     dy = (y - head.cy) / head.ay - bleed.y
-    radius = max(bleed.radius * 0.6 * g, 3 * pixel)
+    radius = max(bleed.radius * 0.7 * g, 3 * pixel)
     return (dx * dx + dy * dy < radius * radius) & (r < 0.8)
 
 

@@ -1,0 +1,337 @@
+"""Experiment configuration: one frozen dataclass per experiment, loaded from TOML.
+
+Sections and keys (``configs/demo.toml`` and ``configs/baseline.toml`` are examples)::
+
+    [data]     work_dir, out_dir, cache
+    [image]    size, windows, context, curve
+    [model]    backbone, weights, dropout, mixed_precision
+    [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
+               patience, label_weights, augment, seed, workers
+    [augment]  flip, shift, scale, rotate
+    [predict]  tta, ensemble, clip, batch_size
+
+Unknown keys and bad values raise :class:`ConfigError` naming the key. Relative paths are
+resolved against the current folder. :func:`dump_config` writes the resolved config back
+as TOML, next to every run's outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rsna import files
+from rsna.augment import Augment
+from rsna.errors import RsnaError
+from rsna.labels import LABELS
+from rsna.windowing import Window, parse_windows, window_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BACKBONES = (
+    "small_cnn",
+    "EfficientNetB0",
+    "EfficientNetB1",
+    "EfficientNetB2",
+    "EfficientNetB3",
+    "EfficientNetV2B0",
+    "ResNet50",
+    "ResNet50V2",
+    "DenseNet121",
+    "InceptionV3",
+    "Xception",
+    "MobileNetV2",
+    "ConvNeXtTiny",
+)
+SCHEDULES = ("cosine", "constant")
+ENSEMBLES = ("mean", "logit_mean")
+TTA = ("none", "hflip")
+
+
+class ConfigError(RsnaError):
+    """A config file has an unknown key or a bad value."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    work_dir: Path = Path("work")
+    out_dir: Path | None = None  # default: WORK_DIR/runs/<config name>
+    cache: bool = True  # use the preprocessed cache when it is built
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    size: int = 256
+    windows: tuple[Window, ...] = parse_windows("brain,subdural,soft")
+    context: int = 1
+    curve: str = "linear"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "EfficientNetB0"
+    weights: Path | None = None  # a local weights file; never downloaded
+    dropout: float = 0.2
+    mixed_precision: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    min_learning_rate: float = 1e-6
+    patience: int = 3
+    label_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
+    augment: bool = True
+    seed: int = 0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    tta: tuple[str, ...] = ("none", "hflip")
+    ensemble: str = "mean"
+    clip: float = 1e-5
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment."""
+
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: Augment = field(default_factory=Augment)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this experiment's outputs go."""
+        return self.data.out_dir or self.data.work_dir / "runs" / self.name
+
+    @property
+    def channels(self) -> int:
+        return len(self.image.windows) * (2 * self.image.context + 1)
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.run_dir / f"fold_{fold}"
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "image": ImageConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "augment": Augment,
+    "predict": PredictConfig,
+}
+
+
+def load_config(
+    path: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Read a TOML config; `overrides` maps ``"section.key"`` to values (from ``--set``).
+
+    Raises:
+        ConfigError: unreadable TOML, an unknown section or key, or a bad value.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    raw.setdefault("name", path.stem)
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"{path}: override must be section.key=value. Received: {dotted!r}")
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> Config:
+    """Build and check a :class:`Config` from nested dicts (as TOML gives them)."""
+    _check_keys(raw, ["name", *_SECTIONS], source, "")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{source}: `{name}` must be a table. Received: {table!r}")
+        _check_keys(table, [f.name for f in fields(cls)], source, f"{name}.")
+        values = {
+            key: _convert(cls, key, value, source, f"{name}.{key}") for key, value in table.items()
+        }
+        try:
+            sections[name] = cls(**values)
+        except RsnaError as exc:
+            raise ConfigError(f"{source}: [{name}] {exc}") from exc
+    config = Config(name=str(raw.get("name", "experiment")), **sections)
+    _validate(config, source)
+    return config
+
+
+def _check_keys(table: Mapping[str, Any], allowed: list[str], source: str, prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            extra = (
+                f"; did you mean `{prefix}{hint[0]}`?"
+                if hint
+                else f"; known keys: {', '.join(allowed)}"
+            )
+            raise ConfigError(f"{source}: unknown key `{prefix}{key}`{extra}")
+
+
+def _convert(cls: type, key: str, value: Any, source: str, dotted: str) -> Any:
+    """Turn a TOML value into the field's type, or raise naming the key."""
+    default = {f.name: f for f in fields(cls)}[key].default
+    if key == "windows":
+        try:
+            return parse_windows(value)
+        except RsnaError as exc:
+            raise ConfigError(f"{source}: `{dotted}`: {exc}") from exc
+    if key in ("work_dir", "out_dir", "weights"):
+        if value in ("", "none", None):
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: `{dotted}` must be a path string. Received: {value!r}")
+        return Path(value).expanduser().resolve()
+    if key in ("label_weights", "tta"):
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: `{dotted}` must be a list. Received: {value!r}")
+        return tuple(value)
+    expected = type(default)
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: `{dotted}` must be true or false. Received: {value!r}")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: `{dotted}` must be an integer. Received: {value!r}")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: `{dotted}` must be a number. Received: {value!r}")
+        return float(value)
+    if expected is str and not isinstance(value, str):
+        raise ConfigError(f"{source}: `{dotted}` must be a string. Received: {value!r}")
+    return value
+
+
+def _validate(config: Config, source: str) -> None:
+    checks = [
+        (config.image.size >= 32, "image.size", config.image.size, "must be >= 32"),
+        (config.image.context >= 0, "image.context", config.image.context, "must be >= 0"),
+        (config.image.curve in ("linear", "sigmoid"), "image.curve", config.image.curve, "must be 'linear' or 'sigmoid'"),
+        (config.model.backbone in BACKBONES, "model.backbone", config.model.backbone, f"must be one of {BACKBONES}"),
+        (0.0 <= config.model.dropout < 1.0, "model.dropout", config.model.dropout, "must be in [0, 1)"),
+        (config.train.batch_size >= 1, "train.batch_size", config.train.batch_size, "must be positive"),
+        (config.train.epochs >= 1, "train.epochs", config.train.epochs, "must be positive"),
+        (config.train.learning_rate > 0, "train.learning_rate", config.train.learning_rate, "must be positive"),
+        (config.train.schedule in SCHEDULES, "train.schedule", config.train.schedule, f"must be one of {SCHEDULES}"),
+        (0 <= config.train.warmup_epochs < config.train.epochs, "train.warmup_epochs", config.train.warmup_epochs, "must be in [0, epochs)"),
+        (config.train.patience >= 1, "train.patience", config.train.patience, "must be positive"),
+        (len(config.train.label_weights) == len(LABELS) and all(isinstance(w, (int, float)) and w > 0 for w in config.train.label_weights),
+         "train.label_weights", config.train.label_weights, f"must be {len(LABELS)} positive numbers in the order {LABELS}"),
+        (config.train.workers >= 1, "train.workers", config.train.workers, "must be positive"),
+        (bool(config.predict.tta) and all(t in TTA for t in config.predict.tta), "predict.tta", config.predict.tta, f"must be a non-empty list of {TTA}"),
+        (config.predict.ensemble in ENSEMBLES, "predict.ensemble", config.predict.ensemble, f"must be one of {ENSEMBLES}"),
+        (0.0 < config.predict.clip < 0.5, "predict.clip", config.predict.clip, "must be in (0, 0.5)"),
+        (config.predict.batch_size >= 1, "predict.batch_size", config.predict.batch_size, "must be positive"),
+    ]  # fmt: skip
+    for ok, key, value, rule in checks:
+        if not ok:
+            raise ConfigError(f"{source}: `{key}` {rule}. Received: {key.split('.')[-1]}={value!r}")
+    weights = config.model.weights
+    if weights is not None and not weights.is_file():
+        raise ConfigError(
+            f"{source}: `model.weights` file not found: {weights} (weights are never downloaded)"
+        )
+
+
+def with_paths(
+    config: Config,
+    *,
+    work_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+) -> Config:
+    """A copy of `config` reading from and writing to other folders."""
+    data = replace(
+        config.data,
+        work_dir=Path(work_dir).resolve(),
+        out_dir=Path(out_dir).resolve() if out_dir else None,
+    )
+    return replace(config, data=data)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain TOML-ready values (paths as strings, windows by name)."""
+    out: dict[str, Any] = {"name": config.name}
+    for name in _SECTIONS:
+        table = {}
+        for key, value in dataclasses.asdict(getattr(config, name)).items():
+            if key == "windows":
+                value = [
+                    window_name(Window(**w)) if isinstance(w, dict) else window_name(w)
+                    for w in value
+                ]
+            elif isinstance(value, Path):
+                value = str(value)
+            elif value is None:
+                value = ""
+            elif isinstance(value, tuple):
+                value = list(value)
+            table[key] = value
+        out[name] = table
+    return out
+
+
+def dump_config(config: Config, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config as TOML, atomically; :func:`load_config` reads it back."""
+    data = config_to_dict(config)
+    lines = [f"name = {_toml(data.pop('name'))}", ""]
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
+        lines.append("")
+    return files.write_text(path, "\n".join(lines))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` from the command line; the value is read as TOML if it can be."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ConfigError(f"--set takes section.key=value. Received: {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed
