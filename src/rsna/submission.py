@@ -93,7 +93,7 @@ def build_submission(
         row, col = np.argwhere(bad)[0]
         raise SubmissionError(
             f"prediction for {predictions.index[row]}_{LABELS[col]} must be a probability in [0, 1]. "
-            f"Received: {values[row, col]!r} ({int(bad.sum())} bad values in all)"
+            f"Received: {float(values[row, col])!r} ({int(bad.sum())} bad values in all)"
         )
     clipped = pd.DataFrame(
         np.clip(values, clip, 1 - clip), index=predictions.index, columns=list(LABELS)

@@ -172,8 +172,9 @@ def train_fold(
     fold_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, config.run_dir / "config.toml")
     folds = _read_folds(config)
-    if fold not in set(folds.unique()):
-        raise TrainError(f"`fold` must be one of {sorted(folds.unique())}. Received: fold={fold}")
+    known = sorted(int(k) for k in folds.unique())
+    if fold not in known:
+        raise TrainError(f"`fold` must be one of {known}. Received: fold={fold}")
     labels = read_prepared_labels(config.data.work_dir)
     train_ids = folds.index[folds != fold].tolist()
     valid_ids = folds.index[folds == fold].tolist()

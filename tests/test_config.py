@@ -1,0 +1,115 @@
+"""rsna.config: TOML in, frozen dataclasses out, every bad key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rsna.config import Config, ConfigError, dump_config, load_config, parse_override, with_paths
+from rsna.windowing import BONE, BRAIN, SOFT_TISSUE, SUBDURAL
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "rsna" / "configs"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load():
+    demo = load_config(CONFIGS / "demo.toml")
+    assert demo.name == "demo" and demo.model.backbone == "small_cnn"
+    assert demo.image.windows == (BRAIN, SUBDURAL, SOFT_TISSUE) and demo.channels == 9
+    baseline = load_config(CONFIGS / "baseline.toml")
+    assert (
+        baseline.model.backbone == "EfficientNetB0"
+        and baseline.image.size == 256
+        and baseline.image.context == 1
+    )
+    assert baseline.model.weights is None and baseline.model.mixed_precision
+    assert (
+        Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
+    ).exists()  # the top-level link
+
+
+def test_defaults_and_run_dir(tmp_path):
+    config = load_config(write(tmp_path, '[data]\nwork_dir = "w"\n'))
+    assert config.name == "exp" and config.train.label_weights == (1, 1, 1, 1, 1, 2)
+    assert config.data.work_dir == Path("w").resolve()
+    assert config.run_dir == Path("w").resolve() / "runs" / "exp"
+    assert config.fold_dir(2) == config.run_dir / "fold_2"
+    moved = with_paths(config, work_dir=tmp_path / "a", out_dir=tmp_path / "b")
+    assert (
+        moved.run_dir == (tmp_path / "b").resolve()
+        and moved.data.work_dir == (tmp_path / "a").resolve()
+    )
+    with pytest.raises(Exception, match="cannot assign|frozen"):
+        config.name = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[train]\nepoch = 3\n", "unknown key `train.epoch`; did you mean `train.epochs`?"),
+        ("[trian]\n", "unknown key `trian`; did you mean `train`?"),
+        ("[train]\nepochs = 0\n", "`train.epochs` must be positive. Received: epochs=0"),
+        ("[train]\nepochs = 'ten'\n", "`train.epochs` must be an integer. Received: 'ten'"),
+        ("[train]\nbatch_size = 2.5\n", "`train.batch_size` must be an integer"),
+        ("[train]\naugment = 1\n", "`train.augment` must be true or false"),
+        (
+            "[train]\nlabel_weights = [1, 1, 1]\n",
+            "`train.label_weights` must be 6 positive numbers",
+        ),
+        ("[train]\nschedule = 'step'\n", "`train.schedule` must be one of"),
+        (
+            "[train]\nwarmup_epochs = 10\nepochs = 10\n",
+            "`train.warmup_epochs` must be in \\[0, epochs\\)",
+        ),
+        ("[image]\nwindows = ['brain', 'lung']\n", "`image.windows`: Unknown window 'lung'"),
+        ("[image]\nsize = 16\n", "`image.size` must be >= 32. Received: size=16"),
+        ("[model]\nbackbone = 'VGG99'\n", "`model.backbone` must be one of"),
+        (
+            "[model]\nweights = 'nope.h5'\n",
+            "`model.weights` file not found: .*nope.h5 \\(weights are never downloaded\\)",
+        ),
+        ("[model]\ndropout = 1.0\n", "`model.dropout` must be in \\[0, 1\\)"),
+        ("[augment]\nrotate = 270.0\n", "\\[augment\\] `rotate` must be in \\[0, 180\\]"),
+        ("[predict]\ntta = ['vflip']\n", "`predict.tta` must be a non-empty list of"),
+        ("[predict]\nclip = 0.7\n", "`predict.clip` must be in \\(0, 0.5\\)"),
+        ("[data]\nwork_dir = 3\n", "`data.work_dir` must be a path string"),
+        ("train = 3\n", "`train` must be a table"),
+        ("[train\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_dump_round_trip(tmp_path):
+    config = load_config(
+        CONFIGS / "demo.toml", overrides={"image.windows": ["brain", "600/2800", "30/90"]}
+    )
+    assert config.image.windows[1] == BONE
+    path = dump_config(config, tmp_path / "saved.toml")
+    assert load_config(path) == config
+
+
+def test_overrides(tmp_path):
+    assert parse_override("train.epochs=3") == ("train.epochs", 3)
+    assert parse_override("model.backbone=ResNet50") == ("model.backbone", "ResNet50")
+    assert parse_override("predict.tta=['none']") == ("predict.tta", ["none"])
+    config = load_config(CONFIGS / "demo.toml", overrides=dict([parse_override("train.epochs=3")]))
+    assert config.train.epochs == 3
+    with pytest.raises(ConfigError, match="--set takes section.key=value"):
+        parse_override("epochs")
+    with pytest.raises(ConfigError, match="override must be section.key=value"):
+        load_config(CONFIGS / "demo.toml", overrides={"epochs": 3})
+    assert isinstance(config, Config)
