@@ -266,6 +266,28 @@ def _validate(config: Config, source: str) -> None:
         )
 
 
+def packaged_config(
+    name: str, *, work_dir: str | os.PathLike[str] | None = None, **overrides: Any
+) -> Config:
+    """A config shipped with the package (``"demo"`` or ``"baseline"``), optionally moved.
+
+    Args:
+        name: the config's file name without ``.toml``.
+        work_dir: read and write under this work folder instead of the config's.
+        **overrides: ``section__key=value`` pairs, e.g. ``train__epochs=2``.
+    """
+    from importlib import resources
+
+    resource = resources.files("rsna") / "configs" / f"{name}.toml"
+    if not resource.is_file():
+        raise ConfigError(f"no packaged config {name!r}; the package ships 'demo' and 'baseline'")
+    with resources.as_file(resource) as path:
+        config = load_config(
+            path, overrides={k.replace("__", "."): v for k, v in overrides.items()}
+        )
+    return with_paths(config, work_dir=work_dir) if work_dir is not None else config
+
+
 def with_paths(
     config: Config,
     *,

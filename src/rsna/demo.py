@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from rsna.config import Config, load_config, with_paths
+from rsna.config import Config, packaged_config
 from rsna.errors import DataWarning
 
 DEMO_PATIENTS = 40
@@ -28,9 +27,7 @@ DEMO_PATIENTS = 40
 
 def demo_config(out: str | Path) -> Config:
     """The packaged demo config, reading and writing under `out`."""
-    with resources.as_file(resources.files("rsna") / "configs" / "demo.toml") as path:
-        config = load_config(path)
-    return with_paths(config, work_dir=Path(out) / "work")
+    return packaged_config("demo", work_dir=Path(out) / "work")
 
 
 def run_demo(out: str | Path = "demo", *, seed: int = 0, workers: int | None = None) -> dict:

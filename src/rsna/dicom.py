@@ -165,7 +165,9 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
     return _parse(Path(path), with_pixels=False).header
 
 
-def read_image(path: str | os.PathLike[str], *, buffer: bytearray | None = None) -> DicomImage:
+def read_image(
+    path: str | os.PathLike[str], *, buffer: bytearray | None = None, fix_intercept: bool = True
+) -> DicomImage:
     """Read a slice's stored pixels and modality transform, fixing a bad intercept.
 
     Args:
@@ -174,6 +176,7 @@ def read_image(path: str | os.PathLike[str], *, buffer: bytearray | None = None)
             fresh allocation, so no page faults). The returned pixels may then share
             its memory: they are valid until the buffer is used again. A file larger
             than the buffer is read into fresh memory.
+        fix_intercept: fix bad-intercept files (False shows them as stored, broken).
 
     Raises:
         DicomError: unreadable, truncated, non-image, multi-frame, colour or
@@ -185,19 +188,19 @@ def read_image(path: str | os.PathLike[str], *, buffer: bytearray | None = None)
     pixels = _decode(path, parsed)
     slope = 1.0 if math.isnan(header.slope) else header.slope
     intercept = 0.0 if math.isnan(header.intercept) else header.intercept
-    fixed = header.has_bad_intercept
+    fixed = fix_intercept and header.has_bad_intercept
     if fixed:
         pixels, intercept = fix_bad_intercept(pixels), _FIX_INTERCEPT
     return DicomImage(header, pixels, slope, intercept, fixed)
 
 
-def read_hu(path: str | os.PathLike[str]) -> np.ndarray:
+def read_hu(path: str | os.PathLike[str], *, fix_intercept: bool = True) -> np.ndarray:
     """Read a slice as a float32 2-D array of Hounsfield units.
 
     Raises:
         DicomError: see :func:`read_image`.
     """
-    return read_image(path).hu()
+    return read_image(path, fix_intercept=fix_intercept).hu()
 
 
 def check_file(path: str | os.PathLike[str]) -> tuple[DicomHeader | None, str]:

@@ -29,6 +29,15 @@ LABELS: tuple[str, ...] = (
 )
 SUBTYPES: tuple[str, ...] = LABELS[:-1]
 ANY = "any"
+#: The usual abbreviations, for plots.
+SHORT: dict[str, str] = {
+    "epidural": "EDH",
+    "intraparenchymal": "IPH",
+    "intraventricular": "IVH",
+    "subarachnoid": "SAH",
+    "subdural": "SDH",
+    "any": "any",
+}
 
 _IMAGE_ID = re.compile(r"ID_[0-9a-f]+")
 

@@ -18,6 +18,7 @@ SAMPLE_CSV = "stage_2_sample_submission.csv"
 TRAIN_DIRS = ("stage_2_train", "stage_2_train_images")
 TEST_DIRS = ("stage_2_test", "stage_2_test_images")
 KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_WORKING = Path("/kaggle/working")
 _MAX_DEPTH = 4
 
 
@@ -92,3 +93,13 @@ def _competition_at(folder: Path) -> Competition | None:
         test_dir=test_dir.resolve() if test_dir else None,
         sample_csv=sample.resolve() if sample.is_file() else None,
     )
+
+
+def on_kaggle() -> bool:
+    """True inside a Kaggle notebook (it has /kaggle/working)."""
+    return KAGGLE_WORKING.is_dir()
+
+
+def default_work_dir() -> Path:
+    """Where to put prepared data: /kaggle/working/work on Kaggle, ./work elsewhere."""
+    return (KAGGLE_WORKING if on_kaggle() else Path.cwd()) / "work"

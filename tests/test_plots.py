@@ -1,0 +1,91 @@
+"""rsna.plots: every figure has titles, labelled axes and legends where it has several series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_SPEC
+
+from rsna import plots
+from rsna.cache import ImageCache, cache_dir
+from rsna.folds import fold_table, read_folds
+from rsna.labels import LABELS
+from rsna.metadata import read_metadata, read_prepared_labels
+
+
+def check(figure) -> None:
+    suptitle = figure._suptitle.get_text() if figure._suptitle else ""
+    for ax in figure.axes:
+        if not ax.get_visible() or not ax.axison and not ax.images:
+            continue
+        if ax.get_label() == "<colorbar>":
+            continue
+        assert ax.get_title() or suptitle, "an axes without a title"
+        if not ax.images:
+            assert ax.get_xlabel() or ax.get_ylabel(), f"axes {ax.get_title()!r} has no axis labels"
+        labelled = [a for a in ax.lines + ax.containers if not str(a.get_label()).startswith("_")]
+        if len(labelled) > 1:
+            assert ax.get_legend() is not None, (
+                f"axes {ax.get_title()!r} has {len(labelled)} series and no legend"
+            )
+
+
+@pytest.fixture(scope="module")
+def data(tiny_work):
+    return {
+        "meta": read_metadata(tiny_work),
+        "labels": read_prepared_labels(tiny_work),
+        "folds": read_folds(tiny_work / "folds.csv"),
+        "images": ImageCache(cache_dir(tiny_work, TINY_SPEC)),
+    }
+
+
+def test_exploration_figures(data, tiny_work, tiny_competition):
+    meta, labels, images = data["meta"], data["labels"], data["images"]
+    check(plots.plot_label_rates(labels))
+    check(plots.plot_cooccurrence(labels))
+    check(plots.plot_samples(images, labels, per_label=2))
+    series = meta.loc[labels.index[labels["any"] == 1][0], "series_uid"]
+    check(plots.plot_series_strip(images, meta, labels, series))
+    check(plots.plot_fold_balance(fold_table(data["folds"], labels, meta)))
+    bad = tiny_competition.manifest["bad_intercept"][0]
+    folder = "stage_2_train" if bad in labels.index else "stage_2_test"
+    check(plots.plot_intercept_fix(tiny_competition.root / folder / f"{bad}.dcm"))
+
+
+def test_result_figures(data, tmp_path):
+    labels = data["labels"]
+    rng = np.random.default_rng(0)
+    predictions = pd.DataFrame(
+        rng.uniform(0.01, 0.99, (len(labels), 6)), index=labels.index, columns=list(LABELS)
+    )
+    history = pd.DataFrame(
+        {
+            "epoch": [0, 1],
+            "loss": [0.5, 0.4],
+            "val_loss": [0.6, 0.5],
+            "weighted_log_loss": [0.5, 0.4],
+            "val_weighted_log_loss": [0.6, 0.5],
+        }
+    )
+    scores = pd.DataFrame({"model": [0.1] * 7, "prior": [0.2] * 7}, index=[*LABELS, "weighted"])
+    for figure in (
+        plots.plot_training_curves(history),
+        plots.plot_scores(scores),
+        plots.plot_prediction_distribution(predictions),
+        plots.plot_worst(data["images"], predictions, labels, n=4),
+        plots.plot_roc_pr(labels, predictions),
+    ):
+        check(figure)
+    path = plots.save_figure(plots.plot_scores(scores), tmp_path / "s.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_checker_catches_a_bare_figure():
+    figure = plots._figure(3, 3)
+    ax = figure.subplots()
+    ax.plot([0, 1], label="a")
+    ax.plot([1, 0], label="b")
+    with pytest.raises(AssertionError):
+        check(figure)
