@@ -82,9 +82,26 @@ def _train(args: argparse.Namespace) -> None:
     from rsna.train import choose_strategy, train_folds
 
     config = _config(args)
-    folds = "all" if args.fold == "all" else [int(k) for k in args.fold.split(",")]
-    results = train_folds(config, folds, strategy=choose_strategy(args.strategy), force=args.force)
-    print(f"trained {len(results)} fold(s); outputs in {config.run_dir}")
+    results = train_folds(
+        config,
+        _fold_list(args.fold),
+        stage=args.stage,
+        strategy=choose_strategy(args.strategy),
+        force=args.force,
+    )
+    print(f"trained {len(results)} stage-{args.stage} fold(s); outputs in {config.run_dir}")
+
+
+def _fold_list(text: str):
+    return "all" if text == "all" else [int(k) for k in text.split(",")]
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from rsna.sequence import embed_folds
+
+    written = embed_folds(_config(args), _fold_list(args.fold))
+    for paths in written:
+        print(", ".join(str(p) for p in paths.values()))
 
 
 def _run_config(path: str):
@@ -98,11 +115,23 @@ def _run_config(path: str):
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from rsna.sequence import stage2_dir
     from rsna.train import evaluate, format_scores
 
     config = _run_config(args.target)
     result = evaluate(config.run_dir, config.data.work_dir)
     print(format_scores(result.scores))
+    if list(stage2_dir(config).glob("fold_*/oof.csv")):
+        second = evaluate(stage2_dir(config), config.data.work_dir)
+        both = result.scores[["model"]].rename(columns={"model": "stage 1"})
+        both["stage 2"] = second.scores["model"]
+        both["prior"] = result.scores["prior"]
+        both["stage 2 / stage 1"] = both["stage 2"] / both["stage 1"]
+        print("\nstage 1 and stage 2 side by side (out-of-fold log loss):")
+        print(both.to_string(float_format=lambda v: f"{v:.4f}"))
+        from rsna.plots import plot_stage_comparison, save_figure
+
+        save_figure(plot_stage_comparison(both), config.run_dir / "stages.png")
     report = result.report
     print(
         f"CV weighted log loss {report['weighted_log_loss']:.4f} over {report['images']} images "
@@ -201,6 +230,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train folds of a config (resumes an interrupted fold)")
     p.add_argument("config", help="experiment TOML, e.g. configs/baseline.toml")
     p.add_argument("--fold", default="all", help="a fold, a comma-separated list, or all")
+    p.add_argument(
+        "--stage",
+        type=int,
+        default=1,
+        choices=[1, 2],
+        help="1: slice model; 2: series model on its embeddings",
+    )
     p.add_argument("--force", action="store_true", help="retrain folds that already finished")
     p.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "tpu"])
     p.add_argument(
@@ -222,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
         "predict", help="predict the test set with every fold and write submission.csv"
     )
     p.add_argument("config", help="experiment TOML")
-    p.add_argument("--stage", type=int, default=1, help="1: the slice models")
+    p.add_argument("--stage", type=int, default=1, help="1: the slice models; 2: the series models")
     p.add_argument(
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value"
     )

@@ -9,6 +9,7 @@ Sections and keys (``configs/demo.toml`` and ``configs/baseline.toml`` are examp
                patience, label_weights, augment, seed, workers
     [augment]  flip, shift, scale, rotate
     [predict]  tta, ensemble, clip, batch_size
+    [sequence] inputs, units, dropout, epochs, batch_size, learning_rate, patience, tta_reverse, jitter
 
 Unknown keys and bad values raise :class:`ConfigError` naming the key. Relative paths are
 resolved against the current folder. :func:`dump_config` writes the resolved config back
@@ -108,6 +109,21 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class SequenceConfig:
+    """The series model of stage 2 (rsna.sequence)."""
+
+    inputs: tuple[str, ...] = ("logits",)  # "logits" and/or "features" of the stage-1 model
+    units: int = 64
+    dropout: float = 0.1
+    epochs: int = 30
+    batch_size: int = 8  # series per batch
+    learning_rate: float = 3e-3
+    patience: int = 8
+    tta_reverse: bool = True  # also predict the reversed series and average
+    jitter: float = 0.3  # random per-series scale and shift of the inputs while training
+
+
+@dataclass(frozen=True)
 class Config:
     """One experiment."""
 
@@ -118,6 +134,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: Augment = field(default_factory=Augment)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -139,6 +156,7 @@ _SECTIONS = {
     "train": TrainConfig,
     "augment": Augment,
     "predict": PredictConfig,
+    "sequence": SequenceConfig,
 }
 
 
@@ -213,7 +231,7 @@ def _convert(cls: type, key: str, value: Any, source: str, dotted: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: `{dotted}` must be a path string. Received: {value!r}")
         return Path(value).expanduser().resolve()
-    if key in ("label_weights", "tta"):
+    if key in ("label_weights", "tta", "inputs"):
         if not isinstance(value, list):
             raise ConfigError(f"{source}: `{dotted}` must be a list. Received: {value!r}")
         return tuple(value)
@@ -255,6 +273,14 @@ def _validate(config: Config, source: str) -> None:
         (config.predict.ensemble in ENSEMBLES, "predict.ensemble", config.predict.ensemble, f"must be one of {ENSEMBLES}"),
         (0.0 < config.predict.clip < 0.5, "predict.clip", config.predict.clip, "must be in (0, 0.5)"),
         (config.predict.batch_size >= 1, "predict.batch_size", config.predict.batch_size, "must be positive"),
+        (bool(config.sequence.inputs) and set(config.sequence.inputs) <= {"logits", "features"}, "sequence.inputs", config.sequence.inputs, "must be a non-empty list of 'logits', 'features'"),
+        (config.sequence.units >= 1, "sequence.units", config.sequence.units, "must be positive"),
+        (0.0 <= config.sequence.dropout < 1.0, "sequence.dropout", config.sequence.dropout, "must be in [0, 1)"),
+        (config.sequence.epochs >= 1, "sequence.epochs", config.sequence.epochs, "must be positive"),
+        (config.sequence.batch_size >= 1, "sequence.batch_size", config.sequence.batch_size, "must be positive"),
+        (config.sequence.learning_rate > 0, "sequence.learning_rate", config.sequence.learning_rate, "must be positive"),
+        (config.sequence.patience >= 1, "sequence.patience", config.sequence.patience, "must be positive"),
+        (0.0 <= config.sequence.jitter < 1.0, "sequence.jitter", config.sequence.jitter, "must be in [0, 1)"),
     ]  # fmt: skip
     for ok, key, value, rule in checks:
         if not ok:

@@ -121,9 +121,18 @@ class WeightedLogLoss(keras.metrics.Metric):
         self.count = self.add_variable(shape=(), initializer="zeros", name="count", dtype="float32")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        """Add a batch; `sample_weight` (e.g. a sequence mask) weighs each row's loss."""
         losses = _weighted_bce(y_true, y_pred, WEIGHTS)
-        self.total.assign_add(keras.ops.sum(losses))
-        self.count.assign_add(keras.ops.cast(keras.ops.shape(losses)[0], "float32"))
+        weight = (
+            keras.ops.ones_like(losses)
+            if sample_weight is None
+            else keras.ops.cast(sample_weight, "float32")
+        )
+        weight = keras.ops.broadcast_to(
+            keras.ops.reshape(weight, keras.ops.shape(losses)), keras.ops.shape(losses)
+        )
+        self.total.assign_add(keras.ops.sum(losses * weight))
+        self.count.assign_add(keras.ops.sum(weight))
 
     def result(self):
         return keras.ops.divide_no_nan(self.total, self.count)

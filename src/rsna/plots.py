@@ -334,3 +334,21 @@ def plot_worst(images, predictions, labels, *, n: int = 8):
         ax.axis("off")
     figure.suptitle("Highest out-of-fold loss")
     return figure
+
+
+def plot_stage_comparison(table):
+    """Out-of-fold log loss per label: stage 1, stage 2 and the prior."""
+    import numpy as np
+
+    figure = _figure(9, 3.8)
+    ax = figure.subplots()
+    names = list(table.index)
+    positions = np.arange(len(names))
+    for offset, column in zip((-0.27, 0.0, 0.27), ("stage 1", "stage 2", "prior"), strict=True):
+        ax.bar(positions + offset, table[column], 0.27, label=column)
+    ax.set_xticks(positions, names, rotation=30)
+    ax.set_title("Out-of-fold log loss per label: slice model, series model, prior")
+    ax.set_xlabel("label")
+    ax.set_ylabel("log loss (lower is better)")
+    ax.legend()
+    return figure

@@ -193,55 +193,65 @@ def train_fold(
             loss=WeightedBCE(config.train.label_weights),
             metrics=[WeightedLogLoss()],
         )
-    state = FoldState(fold_dir, patience=config.train.patience)
-    if not state.stopped(config.train.epochs):
-        model.fit(
-            train_gen,
-            validation_data=valid_gen,
-            epochs=config.train.epochs,
-            shuffle=False,  # the generator owns the order
-            verbose=verbose,
-            callbacks=[
-                EpochSync(train_gen),
-                state,
-                keras.callbacks.BackupAndRestore(str(fold_dir / "backup"), double_checkpoint=True),
-                keras.callbacks.CSVLogger(str(fold_dir / "history.csv"), append=True),
-                keras.callbacks.TerminateOnNaN(),
-                *callbacks,
-            ],
-        )
-    best = load_model(fold_dir / BEST_MODEL) if (fold_dir / BEST_MODEL).exists() else model
-    probs, unreadable = predict_images(best, valid_ids, config)
-    oof = with_prior(
-        pd.DataFrame(probs, index=pd.Index(valid_ids, name="image_id"), columns=list(LABELS)),
-        unreadable,
-        prior,
+    best = fit_fold(
+        model,
+        train_gen,
+        valid_gen,
+        fold_dir=fold_dir,
+        epochs=config.train.epochs,
+        patience=config.train.patience,
+        callbacks=[EpochSync(train_gen), *callbacks],
+        verbose=verbose,
     )
+    probs, unreadable = predict_images(best, valid_ids, config)
+    oof = pd.DataFrame(probs, index=pd.Index(valid_ids, name="image_id"), columns=list(LABELS))
+    oof = with_prior(oof, unreadable, prior)
+    return finish_fold(
+        fold,
+        fold_dir,
+        oof,
+        labels,
+        train_ids=train_ids,
+        title=f"{config.name}, fold {fold}",
+        started=start,
+        extra={"train_images": len(train_gen.image_ids), "unreadable_given_prior": unreadable},
+    )
+
+
+def finish_fold(
+    fold: int,
+    fold_dir: Path,
+    oof: pd.DataFrame,
+    labels: pd.DataFrame,
+    *,
+    train_ids: Sequence[str],
+    title: str,
+    started: float,
+    extra: dict | None = None,
+) -> FoldResult:
+    """Write a trained fold's oof.csv, curves.png and summary.json; print its summary."""
     files.write_csv(oof, fold_dir / "oof.csv", index=True)
     history = read_history(fold_dir / "history.csv")
     if len(history):
         from rsna.plots import plot_training_curves, save_figure
 
-        save_figure(
-            plot_training_curves(history, title=f"{config.name}, fold {fold}"),
-            fold_dir / "curves.png",
-        )
-    score = per_label_log_loss(labels.loc[valid_ids], oof)
+        save_figure(plot_training_curves(history, title=title), fold_dir / "curves.png")
+    score = per_label_log_loss(labels.loc[oof.index], oof)
     baseline = per_label_log_loss(
-        labels.loc[valid_ids], prior_predictions(labels.loc[train_ids], oof.index)
+        labels.loc[oof.index], prior_predictions(labels.loc[list(train_ids)], oof.index)
     )
-    final = FoldState.load(fold_dir)
+    state = FoldState.load(fold_dir)
     summary = {
         "fold": fold,
-        "train_images": len(train_gen.image_ids),
-        "valid_images": len(valid_ids),
-        "epochs_run": final["last_epoch"] + 1,
-        "best_epoch": final["best_epoch"],
-        "best_val_weighted_log_loss": final["best"],
+        "train_images": len(train_ids),
+        "valid_images": len(oof),
+        "epochs_run": state["last_epoch"] + 1,
+        "best_epoch": state["best_epoch"],
+        "best_val_weighted_log_loss": state["best"],
         "oof_weighted_log_loss": score["weighted"],
         "prior_weighted_log_loss": baseline["weighted"],
-        "unreadable_given_prior": unreadable,
-        "seconds": round(time.perf_counter() - start, 1),
+        **(extra or {}),
+        "seconds": round(time.perf_counter() - started, 1),
     }
     files.write_json(fold_dir / "summary.json", summary)
     print(format_summary(summary), flush=True)
@@ -249,10 +259,54 @@ def train_fold(
     return FoldResult(fold, summary, oof)
 
 
-def train_folds(config: Config, folds: str | Sequence[int] = "all", **kwargs) -> list[FoldResult]:
-    """Train several folds, one after the other: the project's one fold loop."""
+def fit_fold(
+    model: keras.Model,
+    train_data,
+    valid_data,
+    *,
+    fold_dir: Path,
+    epochs: int,
+    patience: int,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> keras.Model:
+    """``model.fit`` with the resumable callbacks of every stage; returns the best model.
+
+    Resumes a killed fit (BackupAndRestore with a double checkpoint), keeps the best
+    epoch and the early-stopping count across resumes (:class:`FoldState`), logs every
+    epoch to history.csv, and stops on NaN. `callbacks` run after these.
+    """
+    state = FoldState(fold_dir, patience=patience)
+    if not state.stopped(epochs):
+        model.fit(
+            train_data,
+            validation_data=valid_data,
+            epochs=epochs,
+            shuffle=False,  # the generators own the order
+            verbose=verbose,
+            callbacks=[
+                state,
+                keras.callbacks.BackupAndRestore(str(fold_dir / "backup"), double_checkpoint=True),
+                keras.callbacks.CSVLogger(str(fold_dir / "history.csv"), append=True),
+                keras.callbacks.TerminateOnNaN(),
+                *callbacks,
+            ],
+        )
+    return load_model(fold_dir / BEST_MODEL) if (fold_dir / BEST_MODEL).exists() else model
+
+
+def train_folds(
+    config: Config, folds: str | Sequence[int] = "all", *, stage: int = 1, **kwargs
+) -> list:
+    """Train several folds of a stage, one after the other: the project's one fold loop."""
     chosen = sorted(_read_folds(config).unique()) if folds == "all" else list(folds)
-    return [train_fold(config, int(k), **kwargs) for k in chosen]
+    if stage == 2:
+        from rsna.sequence import train_sequence_fold as train_one
+    elif stage == 1:
+        train_one = train_fold
+    else:
+        raise TrainError(f"`stage` must be 1 or 2. Received: stage={stage}")
+    return [train_one(config, int(k), **kwargs) for k in chosen]
 
 
 def format_summary(summary: dict) -> str:

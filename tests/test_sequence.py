@@ -1,0 +1,167 @@
+"""rsna.sequence: masking, z order in and image order out, no leak, resume, the pipeline (slow)."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsna.config import config_from_dict
+from rsna.errors import DataWarning
+from rsna.folds import read_folds
+from rsna.labels import LABELS
+from rsna.metadata import read_metadata, read_prepared_labels
+from rsna.sequence import (
+    EMBED_OOF,
+    EMBED_TEST,
+    SeriesGenerator,
+    build_sequence_model,
+    build_series,
+    embed_folds,
+    predict_frame,
+    predict_sequence_test,
+    read_embeddings,
+    slice_inputs,
+    stage2_dir,
+    train_sequence_fold,
+)
+from rsna.submission import validate_submission
+from rsna.train import evaluate, train_folds
+
+pytestmark = pytest.mark.slow
+
+
+def config_for(work, out, **sequence):
+    return config_from_dict(
+        {
+            "name": "seq",
+            "data": {"work_dir": str(work), "out_dir": str(out)},
+            "image": {"size": 32, "context": 0},
+            "model": {"backbone": "small_cnn"},
+            "train": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
+            "predict": {"tta": ["none"], "batch_size": 16},
+            "sequence": {"units": 8, "epochs": 2, "batch_size": 4, **sequence},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_work, tmp_path_factory):
+    config = config_for(tiny_work, tmp_path_factory.mktemp("seq-run"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        train_folds(config, verbose=0)
+        embed_folds(config)
+    return config
+
+
+def test_embeddings_of_an_image_come_only_from_the_model_that_did_not_train_on_it(
+    stage1, tiny_work
+):
+    folds = read_folds(tiny_work / "folds.csv")
+    seen = []
+    for k in sorted(folds.unique()):
+        embedded = read_embeddings(stage1.fold_dir(int(k)) / EMBED_OOF)
+        assert sorted(embedded.index) == sorted(
+            folds.index[folds == k]
+        )  # fold k's own images, no others
+        assert (
+            embedded.filter(like="logit_").shape[1] == 6
+            and embedded.filter(like="feature_").shape[1] > 6
+        )
+        seen += list(embedded.index)
+        test = read_embeddings(stage1.fold_dir(int(k)) / EMBED_TEST)
+        assert not set(test.index) & set(folds.index)
+    assert sorted(seen) == sorted(folds.index) and len(seen) == len(set(seen))
+
+
+def test_series_are_in_z_order_and_predictions_come_back_by_image(stage1, tiny_work):
+    meta = read_metadata(tiny_work)
+    prior = read_prepared_labels(tiny_work)[list(LABELS)].mean().to_numpy()
+    frame = slice_inputs(
+        read_embeddings(stage1.fold_dir(0) / EMBED_OOF), inputs=("logits",), prior=prior
+    )
+    series = build_series(frame, meta)
+    for ids, values in series.values():
+        assert (
+            meta.loc[ids, "slice_index"].is_monotonic_increasing
+            and meta.loc[ids, "z"].is_monotonic_increasing
+        )
+        assert values.shape == (len(ids), 18)
+        np.testing.assert_allclose(
+            values[1:, 6:12], values[1:, :6] - values[:-1, :6], atol=1e-6
+        )  # minus previous
+
+    class PassThrough:
+        def predict_on_batch(self, batch):
+            return batch["slices"][..., :6]
+
+    forward = predict_frame(PassThrough(), SeriesGenerator(series, batch_size=3))
+    backward = predict_frame(PassThrough(), SeriesGenerator(series, batch_size=3, reverse=True))
+    assert sorted(forward.index) == sorted(frame.index)
+    np.testing.assert_allclose(
+        forward.loc[frame.index].to_numpy(), frame.iloc[:, :6].to_numpy(), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        backward.loc[frame.index].to_numpy(), frame.iloc[:, :6].to_numpy(), atol=1e-6
+    )
+
+
+def test_padded_steps_do_not_change_the_real_steps(stage1):
+    model = build_sequence_model(stage1, width=18)
+    rng = np.random.default_rng(0)
+    model.get_layer("correction").set_weights(
+        [
+            rng.normal(size=w.shape).astype("float32")
+            for w in model.get_layer("correction").get_weights()
+        ]
+    )
+    series = rng.normal(size=(1, 5, 18)).astype("float32")
+    alone = model.predict({"slices": series, "mask": np.ones((1, 5), "float32")}, verbose=0)
+    padded = np.concatenate([series, rng.normal(size=(1, 4, 18)).astype("float32") * 100], axis=1)
+    mask = np.concatenate([np.ones((1, 5)), np.zeros((1, 4))], axis=1).astype("float32")
+    out = model.predict({"slices": padded, "mask": mask}, verbose=0)
+    np.testing.assert_allclose(out[:, :5], alone, rtol=1e-5, atol=1e-6)
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise Interrupt
+
+
+class RecordEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_stage2_resumes_and_the_pipeline_writes_a_valid_submission(
+    stage1, tiny_work, tiny_competition
+):
+    with pytest.raises(Interrupt):
+        train_sequence_fold(stage1, 0, verbose=0, callbacks=[StopAfterFirstEpoch()])
+    recorder = RecordEpochs()
+    result = train_sequence_fold(stage1, 0, verbose=0, callbacks=[recorder])
+    assert recorder.epochs == [1]
+    assert pd.read_csv(stage2_dir(stage1) / "fold_0" / "history.csv")["epoch"].tolist() == [0, 1]
+    assert len(result.oof) == int((read_folds(tiny_work / "folds.csv") == 0).sum())
+    train_folds(stage1, stage=2, verbose=0)
+    evaluation = evaluate(stage2_dir(stage1), tiny_work)
+    assert evaluation.report["images"] == len(read_prepared_labels(tiny_work))
+    prediction = predict_sequence_test(stage1)
+    assert (
+        prediction.report["unreadable_given_prior"] == tiny_competition.manifest["corrupt"]["test"]
+    )
+    validate_submission(
+        prediction.submission, tiny_competition.root / "stage_2_sample_submission.csv"
+    )
