@@ -46,7 +46,7 @@ def test_unreadable_slices_are_zeros_with_their_reason(tiny_work, tiny_competiti
         assert not cache.readable(image_id)
         assert cache.reason(image_id).startswith("truncated pixel data")
         assert not cache.read(image_id).any()
-    with pytest.raises(CacheError, match="image 'ID_nope' is not in the cache"):
+    with pytest.raises(CacheError, match="image .ID_nope. is not here"):
         cache.read("ID_nope")
 
 

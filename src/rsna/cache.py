@@ -249,7 +249,52 @@ def _write_index(root: Path, slices: pd.DataFrame, shards: list[range]) -> pd.Da
 # ------------------------------------------------------------------------------ reading
 
 
-class ImageCache:
+class _ImageSource:
+    """What the generator needs of a source: membership, readability, and images.
+
+    Subclasses set ``spec``, ``slices`` (series_uid, slice_index per image), ``_ok``
+    (image_id -> readable) and ``_reason`` (image_id -> why not), and implement
+    :meth:`read_into`.
+    """
+
+    spec: CacheSpec
+    _ok: dict
+    _reason: dict
+
+    def __len__(self) -> int:
+        return len(self._ok)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._ok
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.spec.size, self.spec.size, self.spec.channels)
+
+    def readable(self, image_id: str) -> bool:
+        """False for slices that cannot be read (flagged by prepare, or zeros in a cache)."""
+        return bool(self._ok[self._locate(image_id)])
+
+    def reason(self, image_id: str) -> str:
+        """Why a slice is not readable ("" if it is)."""
+        return self._reason.get(image_id, "")
+
+    def read(self, image_id: str) -> np.ndarray:
+        """The uint8 (size, size, channels) image of one slice, as a fresh array."""
+        out = np.empty(self.shape, np.uint8)
+        self.read_into(image_id, out)
+        return out
+
+    def read_into(self, image_id: str, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _locate(self, image_id: str) -> str:
+        if image_id not in self._ok:
+            raise CacheError(f"{self}: image {image_id!r} is not here")
+        return image_id
+
+
+class ImageCache(_ImageSource):
     """Read windowed images from a cache made by :func:`build_cache`.
 
     Shards are memory-mapped on first use, in each process (a pickled cache reopens its
@@ -300,39 +345,13 @@ class ImageCache:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._row)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self._row
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.spec.size, self.spec.size, self.spec.channels)
-
-    def readable(self, image_id: str) -> bool:
-        """False for slices that could not be preprocessed (their rows are zeros)."""
-        return bool(self._ok[self._locate(image_id)])
-
-    def reason(self, image_id: str) -> str:
-        """Why a slice is not readable ("" if it is)."""
-        return self._reason.get(image_id, "")
-
-    def read(self, image_id: str) -> np.ndarray:
-        """The uint8 (size, size, channels) image of one slice, as a fresh array."""
-        out = np.empty(self.shape, np.uint8)
-        self.read_into(image_id, out)
-        return out
+    def __repr__(self) -> str:
+        return f"ImageCache({self.path})"
 
     def read_into(self, image_id: str, out: np.ndarray) -> None:
         """Copy one slice's image into `out` (a view into a batch): one copy, no allocation."""
         shard, row = self._row[self._locate(image_id)]
         np.copyto(out, self._shard(int(shard))[row])
-
-    def _locate(self, image_id: str) -> str:
-        if image_id not in self._row:
-            raise CacheError(f"{self.path}: image {image_id!r} is not in the cache")
-        return image_id
 
     def _shard(self, k: int) -> np.ndarray:
         shard = self._shards.get(k)
@@ -345,7 +364,7 @@ class ImageCache:
         return shard
 
 
-class DicomImages:
+class DicomImages(_ImageSource):
     """Read windowed images straight from the DICOM files of a prepared work folder.
 
     One :class:`~rsna.windowing.Preprocessor` per thread, created on first use.
@@ -370,22 +389,8 @@ class DicomImages:
         self.__dict__.update(state)
         self._local = threading.local()
 
-    def __len__(self) -> int:
-        return len(self._path)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self._path
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.spec.size, self.spec.size, self.spec.channels)
-
-    def readable(self, image_id: str) -> bool:
-        """False for files that ``rsna prepare`` found unreadable."""
-        return bool(self._ok[self._locate(image_id)])
-
-    def reason(self, image_id: str) -> str:
-        return self._reason.get(image_id, "")
+    def __repr__(self) -> str:
+        return f"DicomImages({len(self._path)} slices)"
 
     def read(self, image_id: str) -> np.ndarray:
         """The uint8 (size, size, channels) image of one slice.
@@ -403,8 +408,3 @@ class DicomImages:
     def read_into(self, image_id: str, out: np.ndarray) -> None:
         """Preprocess one slice into `out` (a view into a batch)."""
         np.copyto(out, self.read(image_id))
-
-    def _locate(self, image_id: str) -> str:
-        if image_id not in self._path:
-            raise CacheError(f"image {image_id!r} is not in the prepared metadata")
-        return image_id

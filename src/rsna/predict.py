@@ -50,19 +50,28 @@ def image_source(config: Config) -> dict[str, object]:
     return cache_or_dicom(config.data.work_dir, cache_spec(config))
 
 
+def config_generator(config: Config, image_ids: list[str], labels=None, **options) -> DataGenerator:
+    """A DataGenerator reading `config`'s images (cache or DICOMs, size, windows, context)."""
+    return DataGenerator(
+        image_ids,
+        labels,
+        **image_source(config),
+        size=config.image.size,
+        windows=config.image.windows,
+        context=config.image.context,
+        **options,
+    )
+
+
 def predict_images(
     model: keras.Model, image_ids: list[str], config: Config
 ) -> tuple[np.ndarray, list[str]]:
     """Probabilities (n, 6) averaged over the TTA views, and the unreadable IDs."""
     views, unreadable = [], []
     for view in config.predict.tta:
-        gen = DataGenerator(
+        gen = config_generator(
+            config,
             image_ids,
-            None,
-            **image_source(config),
-            size=config.image.size,
-            windows=config.image.windows,
-            context=config.image.context,
             batch_size=config.predict.batch_size,
             to_fit=False,
             hflip=view == "hflip",

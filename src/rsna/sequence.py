@@ -35,12 +35,11 @@ import pandas as pd
 from rsna import files
 from rsna.config import Config
 from rsna.errors import RsnaError
-from rsna.generator import DataGenerator
 from rsna.labels import LABELS
 from rsna.metadata import read_metadata, read_prepared_labels
 from rsna.metrics import WeightedBCE, WeightedLogLoss
 from rsna.models import load_model
-from rsna.predict import BEST_MODEL, combine, image_source, with_prior
+from rsna.predict import BEST_MODEL, combine, config_generator, with_prior
 from rsna.submission import sample_image_ids, write_submission
 from rsna.train import FoldResult, _read_folds, finish_fold, fit_fold
 
@@ -80,16 +79,7 @@ def embed_fold(config: Config, fold: int, *, test_ids: list[str] | None = None) 
 
 
 def _embed(embedder: keras.Model, ids: list[str], config: Config, path: Path) -> None:
-    gen = DataGenerator(
-        ids,
-        None,
-        **image_source(config),
-        size=config.image.size,
-        windows=config.image.windows,
-        context=config.image.context,
-        batch_size=config.predict.batch_size,
-        to_fit=False,
-    )
+    gen = config_generator(config, ids, batch_size=config.predict.batch_size, to_fit=False)
     features, logits = embedder.predict(gen, verbose=0)
     readable = np.array([i not in set(gen.unreadable) for i in ids])
     with files.atomic_path(path) as tmp:

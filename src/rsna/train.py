@@ -44,7 +44,7 @@ from rsna.labels import LABELS
 from rsna.metadata import read_prepared_labels
 from rsna.metrics import WeightedBCE, WeightedLogLoss, per_label_log_loss, prior_predictions
 from rsna.models import build_model, load_model
-from rsna.predict import BEST_MODEL, image_source, predict_images, with_prior
+from rsna.predict import BEST_MODEL, config_generator, predict_images, with_prior
 
 MONITOR = "val_weighted_log_loss"
 
@@ -343,13 +343,10 @@ def _read_folds(config: Config) -> pd.Series:
 def _generator(
     config: Config, ids: list[str], labels: pd.DataFrame, *, train: bool
 ) -> DataGenerator:
-    return DataGenerator(
+    return config_generator(
+        config,
         ids,
         labels,
-        **image_source(config),
-        size=config.image.size,
-        windows=config.image.windows,
-        context=config.image.context,
         batch_size=config.train.batch_size,
         shuffle=train,
         augment=config.augment if (train and config.train.augment) else None,
