@@ -37,16 +37,22 @@ def sample_image_ids(sample_csv: str | os.PathLike[str]) -> pd.Index:
     return pd.Index(sample["ID"].str.rsplit("_", n=1).str[0].unique(), name="image_id")
 
 
+def _read_id_label(path: Path, what: str) -> pd.DataFrame:
+    """An ``ID,Label`` CSV, or a SubmissionError naming the file."""
+    try:
+        frame = pd.read_csv(path, dtype={"ID": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise SubmissionError(f"{path}: cannot read {what} ({exc})") from exc
+    if list(frame.columns) != ["ID", "Label"]:
+        raise SubmissionError(
+            f"{path}: header must be 'ID,Label'. Received: {','.join(frame.columns)}"
+        )
+    return frame
+
+
 def _read_sample(sample_csv: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(sample_csv)
-    try:
-        sample = pd.read_csv(path, dtype={"ID": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SubmissionError(f"{path}: cannot read the sample submission ({exc})") from exc
-    if list(sample.columns) != ["ID", "Label"]:
-        raise SubmissionError(
-            f"{path}: header must be 'ID,Label'. Received: {','.join(sample.columns)}"
-        )
+    sample = _read_id_label(path, "the sample submission")
     ids = sample["ID"].str.rsplit("_", n=1, expand=True)
     if ids.shape[1] != 2 or not ids[1].isin(LABELS).all():
         raise SubmissionError(f"{path}: every ID must end in one of {LABELS}")
@@ -135,14 +141,7 @@ def validate_submission(
     """
     path = Path(path)
     sample = _read_sample(sample_csv)
-    try:
-        frame = pd.read_csv(path, dtype={"ID": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise SubmissionError(f"{path}: cannot read ({exc})") from exc
-    if list(frame.columns) != ["ID", "Label"]:
-        raise SubmissionError(
-            f"{path}: header must be 'ID,Label'. Received: {','.join(frame.columns)}"
-        )
+    frame = _read_id_label(path, "the submission")
     if (
         len(frame) != len(sample)
         or set(frame["ID"]) != set(sample["ID"])
