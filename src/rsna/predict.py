@@ -119,14 +119,24 @@ class PredictResult:
     report: dict
 
 
-def predict_test(config: Config, *, write: bool = True) -> PredictResult:
-    """Predict the sample submission's images with every fold model; write the submission.
+@dataclass(frozen=True)
+class SampleImages:
+    """The images to predict: the sample submission's, split by whether they have a file."""
+
+    sample_csv: Path
+    images: pd.Index  # every image of the sample, in its order
+    present: list[str]  # those with a DICOM file in the prepared metadata
+    missing: list[str]  # those without one: they get the prior
+    metadata: pd.DataFrame
+    prior: np.ndarray  # per-label mean of the training labels
+
+
+def sample_images(config: Config) -> SampleImages:
+    """The sample submission's images for a prepared work folder.
 
     Raises:
-        PredictError: no trained folds, or no sample submission.
-        rsna.submission.SubmissionError: the result would be invalid (nothing written).
+        PredictError: the competition has no sample submission.
     """
-    start = time.perf_counter()
     competition = find_competition(data_dir(config.data.work_dir))
     if competition.sample_csv is None:
         raise PredictError(f"{competition.root}: no stage_2_sample_submission.csv")
@@ -135,32 +145,51 @@ def predict_test(config: Config, *, write: bool = True) -> PredictResult:
     prior = read_prepared_labels(config.data.work_dir)[list(LABELS)].mean().to_numpy()
     present = [i for i in images if i in metadata.index]
     missing = sorted(set(images) - set(present))
+    return SampleImages(competition.sample_csv, images, present, missing, metadata, prior)
+
+
+def assemble(
+    test: SampleImages, per_fold: list[np.ndarray], *, how: str, unreadable: list[str]
+) -> pd.DataFrame:
+    """Fold predictions of the present images, averaged; the prior for unreadable and missing ones."""
+    predictions = pd.DataFrame(np.nan, index=test.images, columns=list(LABELS))
+    predictions.loc[test.present] = combine(per_fold, how=how)
+    predictions = with_prior(predictions, sorted(set(unreadable) | set(test.missing)), test.prior)
+    predictions.index.name = "image_id"
+    return predictions
+
+
+def predict_test(config: Config, *, write: bool = True) -> PredictResult:
+    """Predict the sample submission's images with every fold model; write the submission.
+
+    Raises:
+        PredictError: no trained folds, or no sample submission.
+        rsna.submission.SubmissionError: the result would be invalid (nothing written).
+    """
+    start = time.perf_counter()
+    test = sample_images(config)
     per_fold, unreadable = [], []
     models = fold_models(config)
     for path in models:
-        probs, unreadable = predict_images(load_model(path), present, config)
+        probs, unreadable = predict_images(load_model(path), test.present, config)
         per_fold.append(probs)
         keras.backend.clear_session()
-    combined = combine(per_fold, how=config.predict.ensemble)
-    predictions = pd.DataFrame(np.nan, index=images, columns=list(LABELS))
-    predictions.loc[present] = combined
-    predictions = with_prior(predictions, sorted(set(unreadable) | set(missing)), prior)
-    predictions.index.name = "image_id"
+    predictions = assemble(test, per_fold, how=config.predict.ensemble, unreadable=unreadable)
     report = {
-        "images": len(images),
+        "images": len(test.images),
         "folds": [p.parent.name for p in models],
         "tta": list(config.predict.tta),
         "ensemble": config.predict.ensemble,
         "unreadable_given_prior": sorted(unreadable),
-        "missing_files_given_prior": missing,
-        "prior": dict(zip(LABELS, prior.tolist(), strict=True)),
+        "missing_files_given_prior": test.missing,
+        "prior": dict(zip(LABELS, test.prior.tolist(), strict=True)),
         "mean_prediction": predictions.mean().to_dict(),
         "seconds": round(time.perf_counter() - start, 1),
     }
     submission = config.run_dir / "submission.csv"
     if write:
         files.write_csv(predictions, config.run_dir / "predictions_test.csv", index=True)
-        write_submission(predictions, competition.sample_csv, submission, clip=config.predict.clip)
+        write_submission(predictions, test.sample_csv, submission, clip=config.predict.clip)
         report["submission"] = str(submission)
         files.write_json(config.run_dir / "predict_report.json", report)
     return PredictResult(predictions, submission, report)

@@ -39,8 +39,16 @@ from rsna.labels import LABELS
 from rsna.metadata import read_metadata, read_prepared_labels
 from rsna.metrics import WeightedBCE, WeightedLogLoss
 from rsna.models import load_model
-from rsna.predict import BEST_MODEL, combine, config_generator, with_prior
-from rsna.submission import sample_image_ids, write_submission
+from rsna.predict import (
+    BEST_MODEL,
+    PredictError,
+    PredictResult,
+    assemble,
+    config_generator,
+    fold_models,
+    sample_images,
+)
+from rsna.submission import write_submission
 from rsna.train import FoldResult, _read_folds, finish_fold, fit_fold
 
 EMBED_OOF, EMBED_TEST = "embed_oof.npz", "embed_test.npz"
@@ -417,63 +425,46 @@ def predict_series(model: keras.Model, series: dict, config: Config) -> pd.DataF
 def predict_sequence_test(config: Config, *, write: bool = True):
     """Stage-2 test predictions: each fold's series model on its own slice model's test
     embeddings, averaged over folds, through the same validated submission writer."""
-    from rsna.metadata import data_dir
-    from rsna.paths import find_competition
-    from rsna.predict import PredictResult, fold_models
-
     start = time.perf_counter()
-    competition = find_competition(data_dir(config.data.work_dir))
-    images = sample_image_ids(competition.sample_csv)
-    metadata = read_metadata(config.data.work_dir)
-    labels = read_prepared_labels(config.data.work_dir)
-    prior = labels[list(LABELS)].mean().to_numpy()
-    present = [i for i in images if i in metadata.index]
-    missing = sorted(set(images) - set(present))
+    test = sample_images(config)
     per_fold, unreadable, used = [], set(), []
     for path in fold_models(config):
         fold = int(path.parent.name.split("_")[1])
         stage2 = stage2_dir(config) / f"fold_{fold}" / BEST_MODEL
         if not stage2.exists():
             raise SequenceError(f"{stage2}: missing; run `rsna train CONFIG --stage 2` first")
-        embeddings = read_embeddings(embed_fold(config, fold, test_ids=present)[EMBED_TEST])
+        embeddings = read_embeddings(embed_fold(config, fold, test_ids=test.present)[EMBED_TEST])
         unreadable |= set(embeddings.index[~embeddings["readable"].to_numpy(bool)])
-        frame = slice_inputs(embeddings, inputs=config.sequence.inputs, prior=prior)
-        probs = predict_series(load_model(stage2), build_series(frame, metadata), config)
-        per_fold.append(probs.loc[present].to_numpy())
+        frame = slice_inputs(embeddings, inputs=config.sequence.inputs, prior=test.prior)
+        probs = predict_series(load_model(stage2), build_series(frame, test.metadata), config)
+        per_fold.append(probs.loc[test.present].to_numpy())
         used.append(f"fold_{fold}")
         keras.backend.clear_session()
-    predictions = pd.DataFrame(np.nan, index=images, columns=list(LABELS))
-    predictions.loc[present] = combine(per_fold, how=config.predict.ensemble)
-    predictions = with_prior(predictions, sorted(unreadable | set(missing)), prior)
-    predictions.index.name = "image_id"
+    predictions = assemble(
+        test, per_fold, how=config.predict.ensemble, unreadable=sorted(unreadable)
+    )
     report = {
         "stage": 2,
-        "images": len(images),
+        "images": len(test.images),
         "folds": used,
         "tta_reverse": config.sequence.tta_reverse,
         "unreadable_given_prior": sorted(unreadable),
-        "missing_files_given_prior": missing,
+        "missing_files_given_prior": test.missing,
         "seconds": round(time.perf_counter() - start, 1),
     }
     submission = stage2_dir(config) / "submission.csv"
     if write:
-        write_submission(predictions, competition.sample_csv, submission, clip=config.predict.clip)
+        write_submission(predictions, test.sample_csv, submission, clip=config.predict.clip)
         report["submission"] = str(submission)
         files.write_json(stage2_dir(config) / "predict_report.json", report)
     return PredictResult(predictions, submission, report)
 
 
 def embed_folds(config: Config, folds="all") -> list[dict[str, Path]]:
-    """``rsna embed``: out-of-fold and test embeddings of the chosen folds."""
-    from rsna.metadata import data_dir
-    from rsna.paths import find_competition
-
-    competition = find_competition(data_dir(config.data.work_dir))
-    metadata = read_metadata(config.data.work_dir)
-    test_ids = (
-        [i for i in sample_image_ids(competition.sample_csv) if i in metadata.index]
-        if competition.sample_csv
-        else None
-    )
+    """``rsna embed``: out-of-fold and (when there is a sample submission) test embeddings."""
+    try:
+        test_ids = sample_images(config).present
+    except PredictError:
+        test_ids = None
     chosen = sorted(int(k) for k in _read_folds(config).unique()) if folds == "all" else list(folds)
     return [embed_fold(config, k, test_ids=test_ids) for k in chosen]
