@@ -254,7 +254,7 @@ def preprocess(
         rsna.dicom.DicomError: the file cannot be read.
         WindowError: bad options or a HU array that is not 2-D and finite.
     """
-    return Preprocessor(windows=windows, size=size, curve=curve)(path_or_hu)
+    return Preprocessor(windows=windows, size=size, curve=curve, reuse_buffers=False)(path_or_hu)
 
 
 class Preprocessor:
@@ -271,7 +271,9 @@ class Preprocessor:
         windows: Sequence[Window] = DEFAULT_WINDOWS,
         size: int = 256,
         curve: Curve = "linear",
+        reuse_buffers: bool = True,
     ) -> None:
+        """Args as :func:`preprocess`; `reuse_buffers=False` for a single call (no 1 MB file buffer)."""
         windows = tuple(windows)
         if not windows or not all(isinstance(w, Window) for w in windows):
             raise WindowError(
@@ -281,7 +283,8 @@ class Preprocessor:
             raise WindowError(f"`curve` must be 'linear' or 'sigmoid'. Received: curve={curve!r}")
         _check_size(size)
         self.windows, self.size, self.curve = windows, int(size), curve
-        self._file = bytearray(1 << 20)  # a 512x512 16-bit slice is about 0.5 MB
+        # A 512x512 16-bit slice is about 0.5 MB; a single call reads into fresh memory instead.
+        self._file = bytearray(1 << 20) if reuse_buffers else None
         self._scratch: dict[tuple[tuple[int, ...], np.dtype], np.ndarray] = {}
 
     def __repr__(self) -> str:
