@@ -79,3 +79,19 @@ def ramp_hu(
 ) -> np.ndarray:
     """A deterministic HU ramp covering air to bone."""
     return np.linspace(low, high, rows * cols, dtype=np.float32).reshape(rows, cols)
+
+
+def tiny_experiment(work: Path, out: Path, *, name: str, **sections: dict):
+    """A small-CNN experiment at 32x32 on `tiny_work`; `sections` update the base tables."""
+    from rsna.config import config_from_dict
+
+    base = {
+        "data": {"work_dir": str(work), "out_dir": str(out)},
+        "image": {"size": 32},
+        "model": {"backbone": "small_cnn"},
+        "train": {"batch_size": 16, "warmup_epochs": 0},
+        "predict": {"batch_size": 16},
+    }
+    for section, values in sections.items():
+        base[section] = {**base.get(section, {}), **values}
+    return config_from_dict({"name": name, **base})

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_experiment
 
-from rsna.config import config_from_dict
 from rsna.errors import DataWarning
 from rsna.folds import read_folds
 from rsna.labels import LABELS
@@ -35,16 +35,14 @@ pytestmark = pytest.mark.slow
 
 
 def config_for(work, out, **sequence):
-    return config_from_dict(
-        {
-            "name": "seq",
-            "data": {"work_dir": str(work), "out_dir": str(out)},
-            "image": {"size": 32, "context": 0},
-            "model": {"backbone": "small_cnn"},
-            "train": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0},
-            "predict": {"tta": ["none"], "batch_size": 16},
-            "sequence": {"units": 8, "epochs": 2, "batch_size": 4, **sequence},
-        }
+    return tiny_experiment(
+        work,
+        out,
+        name="seq",
+        image={"context": 0},
+        train={"epochs": 1},
+        predict={"tta": ["none"]},
+        sequence={"units": 8, "epochs": 2, "batch_size": 4, **sequence},
     )
 
 

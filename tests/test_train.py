@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_experiment
 
-from rsna.config import config_from_dict
 from rsna.errors import DataWarning
 from rsna.folds import read_folds
 from rsna.labels import LABELS
@@ -25,15 +25,13 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_config(work, out, **train):
-    return config_from_dict(
-        {
-            "name": "tiny",
-            "data": {"work_dir": str(work), "out_dir": str(out)},
-            "image": {"size": 32, "context": 1},
-            "model": {"backbone": "small_cnn"},
-            "train": {"epochs": 2, "batch_size": 16, "warmup_epochs": 0, "patience": 5, **train},
-            "predict": {"tta": ["none", "hflip"], "batch_size": 16},
-        }
+    return tiny_experiment(
+        work,
+        out,
+        name="tiny",
+        image={"context": 1},
+        train={"epochs": 2, "patience": 5, **train},
+        predict={"tta": ["none", "hflip"]},
     )
 
 
