@@ -163,3 +163,56 @@ def test_stage2_resumes_and_the_pipeline_writes_a_valid_submission(
     validate_submission(
         prediction.submission, tiny_competition.root / "stage_2_sample_submission.csv"
     )
+
+
+def test_cli_evaluates_both_stages_and_predicts_with_stage_2(stage1, capsys):
+    from rsna.cli import main
+
+    train_folds(stage1, stage=2, verbose=0)
+    saved = str(stage1.run_dir / "config.toml")
+    assert main(["evaluate", saved]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1 and stage 2 side by side" in out and "stage 2 / stage 1" in out
+    assert (stage1.run_dir / "stages.png").stat().st_size > 0
+    submission = stage2_dir(stage1) / "submission.csv"
+    submission.unlink(missing_ok=True)
+    assert main(["predict", saved, "--stage", "2"]) == 0
+    assert "stage 2: predicted" in capsys.readouterr().out
+    assert submission.exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", saved, "--stage", "3"])
+    assert exit_.value.code == 2
+
+
+def test_embeddings_average_the_tta_views(stage1, tiny_work, tmp_path):
+    import dataclasses
+
+    from rsna.models import load_model
+    from rsna.predict import config_generator
+    from rsna.sequence import _embed
+
+    config = dataclasses.replace(
+        stage1, predict=dataclasses.replace(stage1.predict, tta=("none", "hflip"))
+    )
+    model = load_model(stage1.fold_dir(0) / "best.keras")
+    embedder = keras.Model(model.input, [model.get_layer("logits").output] * 2)
+    ids = read_folds(tiny_work / "folds.csv").index[:10].tolist()
+    _embed(embedder, ids, config, tmp_path / "e.npz")
+    logit_model = keras.Model(model.input, model.get_layer("logits").output)
+    expected = np.mean(
+        [
+            logit_model.predict(
+                config_generator(config, ids, batch_size=4, to_fit=False, hflip=flip), verbose=0
+            )
+            for flip in (False, True)
+        ],
+        axis=0,
+    )
+    got = read_embeddings(tmp_path / "e.npz")
+    np.testing.assert_allclose(
+        got.filter(like="logit_").to_numpy(), expected, rtol=1e-2, atol=1e-2
+    )  # float16 storage
+    unflipped = logit_model.predict(
+        config_generator(config, ids, batch_size=4, to_fit=False), verbose=0
+    )
+    assert np.abs(unflipped - expected).max() > 1e-3  # the views differ, so the test can fail

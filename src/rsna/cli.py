@@ -143,16 +143,17 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     from rsna.predict import predict_test
+    from rsna.sequence import predict_sequence_test
 
-    if args.stage != 1:
-        raise RsnaError(
-            f"`--stage` must be 1 (the series model is not built yet). Received: {args.stage}"
-        )
-    result = predict_test(_config(args))
+    if args.stage not in (1, 2):
+        raise RsnaError(f"`--stage` must be 1 or 2. Received: {args.stage}")
+    config = _config(args)
+    result = predict_test(config) if args.stage == 1 else predict_sequence_test(config)
     report = result.report
+    views = report["tta"] if args.stage == 1 else f"reverse={report['tta_reverse']}"
     print(
-        f"predicted {report['images']} images with {len(report['folds'])} fold model(s), TTA {report['tta']}, "
-        f"ensemble {report['ensemble']}"
+        f"stage {args.stage}: predicted {report['images']} images with {len(report['folds'])} "
+        f"fold model(s), TTA {views}, ensemble {config.predict.ensemble}"
     )
     for key in ("unreadable_given_prior", "missing_files_given_prior"):
         if report[key]:
@@ -258,7 +259,9 @@ def _parser() -> argparse.ArgumentParser:
         "predict", help="predict the test set with every fold and write submission.csv"
     )
     p.add_argument("config", help="experiment TOML")
-    p.add_argument("--stage", type=int, default=1, help="1: the slice models; 2: the series models")
+    p.add_argument(
+        "--stage", type=int, default=1, choices=[1, 2], help="1: the slice models; 2: the series models"
+    )
     p.add_argument(
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value"
     )

@@ -87,9 +87,18 @@ def embed_fold(config: Config, fold: int, *, test_ids: list[str] | None = None) 
 
 
 def _embed(embedder: keras.Model, ids: list[str], config: Config, path: Path) -> None:
-    gen = config_generator(config, ids, batch_size=config.predict.batch_size, to_fit=False)
-    features, logits = embedder.predict(gen, verbose=0)
-    readable = np.array([i not in set(gen.unreadable) for i in ids])
+    """Features and logits averaged over the TTA views of ``predict.tta``, as stage 1's
+    OOF and test predictions are, so stage 2 starts from the same quality."""
+    views, unreadable = [], set()
+    for view in config.predict.tta:
+        gen = config_generator(
+            config, ids, batch_size=config.predict.batch_size, to_fit=False, hflip=view == "hflip"
+        )
+        views.append(embedder.predict(gen, verbose=0))
+        unreadable = set(gen.unreadable)
+    features = np.mean([f for f, _ in views], axis=0)
+    logits = np.mean([g for _, g in views], axis=0)
+    readable = np.array([i not in unreadable for i in ids])
     with files.atomic_path(path) as tmp:
         np.savez(
             tmp,
