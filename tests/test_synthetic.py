@@ -19,7 +19,9 @@ from rsna.synthetic import (
     SynthError,
     encode_hu,
     expected_hu,
+    Bleed,
     make_competition,
+    partial_volume,
     plan,
     render_slice,
 )
@@ -99,6 +101,37 @@ def _brain(hu: np.ndarray) -> np.ndarray:
     tissue = ((hu > -50) & (hu < 200)).astype(np.uint8)
     _, components = cv2.connectedComponents(tissue, connectivity=4)  # the skull may be 1 px thin
     return components == components[hu.shape[0] // 2, hu.shape[1] // 2]
+
+
+def test_partial_volume_fades_only_the_ends_of_a_bleed():
+    bleed = Bleed("intraparenchymal", 7.0, 2.2, 0.0, 0.1, 0.0, 0.25, 80.0)
+    contrast = [partial_volume(bleed, k) for k in range(16)]
+    assert contrast[7] == 1.0 and contrast[6] == contrast[8] == 1.0  # t = 0.79: sqrt 0.89 > 0.75
+    expected_tip = np.sqrt(1 - (2 / 2.2) ** 2) / 0.75  # 0.556
+    assert contrast[5] == contrast[9] == pytest.approx(expected_tip)
+    assert contrast[4] == contrast[10] == 0.0  # outside the blob
+    faint = Bleed("intraparenchymal", 7.0, 3.02, 0.0, 0.1, 0.0, 0.25, 80.0)
+    assert partial_volume(faint, 10) == 0.25  # the floor, TIP_CONTRAST
+
+
+def test_a_bleed_tip_is_fainter_than_its_middle():
+    series = plan(SynthConfig(patients=6, slices=16, size=128, seed=0))[0]
+    bleed = Bleed("intraparenchymal", 7.0, 2.2, 0.0, 0.1, 0.0, 0.25, 80.0)
+    series = replace_bleeds(series, (bleed,))
+    without = replace_bleeds(series, ())
+    for k, share in ((7, 1.0), (5, partial_volume(bleed, 5))):
+        hu, counts = render_slice(series, k)
+        base, _ = render_slice(without, k)
+        mask = hu != base
+        assert counts["intraparenchymal"] >= 4 and mask.sum() >= 4
+        gained = (hu[mask] - base[mask]).mean()
+        assert gained == pytest.approx((80.0 - base[mask].mean()) * share, rel=0.15)
+
+
+def replace_bleeds(series, bleeds):
+    from dataclasses import replace
+
+    return replace(series, bleeds=bleeds)
 
 
 def test_bleeds_are_visible_in_hu(tiny_competition):

@@ -13,7 +13,10 @@ Phantoms: air at -1000 HU, scalp, a skull ring of 1000-1800 HU, brain at 30-40 H
 smooth texture, ventricles at 5-15 HU, Gaussian noise and, in some header groups, the
 outside-field padding of real scanners. Bleeds are 3-D blobs of 50-90 HU that span
 adjacent slices; a slice's label is 1 for a subtype when that subtype's blob covers at
-least :data:`MIN_BLEED_FRACTION` of it (and 4 pixels), and ``any`` is their OR.
+least :data:`MIN_BLEED_FRACTION` of it (and 4 pixels), and ``any`` is their OR. At a
+blob's ends along z the bleed fills only part of the slice's thickness and looks faint
+(:func:`partial_volume`): those slices are positive but best recognised from their
+neighbours, which is what the series model of stage 2 is for.
 
 The real data's quirks are all planted: bad-intercept files, the three header groups
 (12-bit unsigned, 12-bit signed, 16-bit signed), non-square images, truncated pixel data
@@ -41,6 +44,10 @@ from rsna.paths import SAMPLE_CSV, TEST_DIRS, TRAIN_CSV, TRAIN_DIRS
 
 #: A slice is positive for a subtype when its blob covers this share of the image.
 MIN_BLEED_FRACTION = 2.5e-4
+#: Partial volume at a bleed's ends along z: the contrast falls linearly once the blob's
+#: cross-section has shrunk below TIP_START of its widest, down to TIP_CONTRAST.
+TIP_START = 0.75
+TIP_CONTRAST = 0.25
 PADDING_HU = -3024.0  # outside the scanner's field of view: stored -2000 at intercept -1024
 TRAIN_DIR, TEST_DIR = TRAIN_DIRS[0], TEST_DIRS[0]
 MANIFEST, TEST_LABELS = "synthetic_manifest.json", "synthetic_test_labels.csv"
@@ -356,13 +363,29 @@ def render_slice(plan_: SeriesPlan, k: int) -> tuple[np.ndarray, dict[str, int]]
     counts = dict.fromkeys(SUBTYPES, 0)
     for bleed in plan_.bleeds:
         mask = _bleed_mask(bleed, k, r, theta, x, y, inner, ventricles, head, pixel) & brain
-        hu[mask] = bleed.hu
+        hu[mask] += (bleed.hu - hu[mask]) * partial_volume(bleed, k)
         counts[bleed.subtype] += int(mask.sum())
     noise = rng.standard_normal(r.shape, dtype=np.float32)
     hu += noise * np.where(brain, np.float32(3.0), np.float32(12.0))
     fov = (x * x + y * y) > 1.0
     hu[fov] = PADDING_HU
     return hu, counts
+
+
+def partial_volume(bleed: Bleed, k: int) -> float:
+    """How much of the bleed's contrast slice `k` shows: 1 through most of the blob, then
+    down to :data:`TIP_CONTRAST` at its ends along z.
+
+    A slice is several millimetres thick; where a blob ends inside it, the bleed fills
+    only part of the voxel and its density averages with the brain around it (partial
+    volume). Such a slice is still labelled positive, as a radiologist who scrolls
+    through the series labels it, but it looks faint on its own: the case where the
+    neighbouring slices decide.
+    """
+    t = 1.0 - ((k - bleed.center_slice) / bleed.half_span) ** 2
+    if t <= 0:
+        return 0.0
+    return float(np.clip(math.sqrt(t) / TIP_START, TIP_CONTRAST, 1.0))
 
 
 def _ventricles(x: np.ndarray, y: np.ndarray, head: Head, zr: float) -> np.ndarray:
