@@ -15,11 +15,11 @@ from rsna.dicom import check_file, read_header, read_hu
 from rsna.labels import LABELS, SUBTYPES, read_labels
 from rsna.synthetic import (
     GROUPS,
+    Bleed,
     SynthConfig,
     SynthError,
     encode_hu,
     expected_hu,
-    Bleed,
     make_competition,
     partial_volume,
     plan,
