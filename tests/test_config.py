@@ -21,7 +21,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_shipped_configs_load():
     demo = load_config(CONFIGS / "demo.toml")
     assert demo.name == "demo" and demo.model.backbone == "small_cnn"
-    assert demo.image.windows == (BRAIN, SUBDURAL, SOFT_TISSUE) and demo.channels == 9
+    assert demo.image.windows == (BRAIN, SUBDURAL, SOFT_TISSUE) and demo.channels == 3
     baseline = load_config(CONFIGS / "baseline.toml")
     assert (
         baseline.model.backbone == "EfficientNetB0"

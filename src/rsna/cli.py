@@ -115,23 +115,15 @@ def _run_config(path: str):
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from rsna.sequence import stage2_dir
+    from rsna.sequence import compare_stages, format_stages
     from rsna.train import evaluate, format_scores
 
     config = _run_config(args.target)
     result = evaluate(config.run_dir, config.data.work_dir)
     print(format_scores(result.scores))
-    if list(stage2_dir(config).glob("fold_*/oof.csv")):
-        second = evaluate(stage2_dir(config), config.data.work_dir)
-        both = result.scores[["model"]].rename(columns={"model": "stage 1"})
-        both["stage 2"] = second.scores["model"]
-        both["prior"] = result.scores["prior"]
-        both["stage 2 / stage 1"] = both["stage 2"] / both["stage 1"]
-        print("\nstage 1 and stage 2 side by side (out-of-fold log loss):")
-        print(both.to_string(float_format=lambda v: f"{v:.4f}"))
-        from rsna.plots import plot_stage_comparison, save_figure
-
-        save_figure(plot_stage_comparison(both), config.run_dir / "stages.png")
+    both = compare_stages(config)
+    if both is not None:
+        print(format_stages(both))
     report = result.report
     print(
         f"CV weighted log loss {report['weighted_log_loss']:.4f} over {report['images']} images "
@@ -260,7 +252,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="experiment TOML")
     p.add_argument(
-        "--stage", type=int, default=1, choices=[1, 2], help="1: the slice models; 2: the series models"
+        "--stage",
+        type=int,
+        default=1,
+        choices=[1, 2],
+        help="1: the slice models; 2: the series models",
     )
     p.add_argument(
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value"

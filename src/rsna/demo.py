@@ -1,11 +1,13 @@
 """``rsna demo``: the whole path on a synthetic competition, with ``configs/demo.toml``.
 
-synth -> prepare -> folds -> preprocess -> train every fold -> evaluate -> predict ->
-submission, all under one folder::
+synth -> prepare -> folds -> preprocess -> stage 1 (train every fold, evaluate, predict)
+-> stage 2 (embed, train the series model of every fold, compare, predict) -> two
+submissions, all under one folder::
 
     OUT/data/    the synthetic competition (kept between runs)
     OUT/work/    metadata, labels, folds, the cache, and runs/demo/ with the models,
-                 OOF predictions, CV report, plots and submission.csv
+                 OOF predictions, CV report, plots and submission.csv; runs/demo/stage2/
+                 with the series models, their OOF predictions and submission.csv
 
 Every stage reuses what a previous run finished. The submission is also scored against
 the synthetic competition's hidden test labels, which a real competition would not give.
@@ -22,7 +24,7 @@ import pandas as pd
 from rsna.config import Config, packaged_config
 from rsna.errors import DataWarning
 
-DEMO_PATIENTS = 40
+DEMO_PATIENTS = 64
 
 
 def demo_config(out: str | Path) -> Config:
@@ -73,31 +75,51 @@ def run_demo(out: str | Path = "demo", *, seed: int = 0, workers: int | None = N
     lap("preprocess")
 
     from rsna.predict import predict_test
+    from rsna.sequence import compare_stages, format_stages, predict_sequence_test
     from rsna.submission import validate_submission
     from rsna.train import evaluate, format_scores, train_folds
 
+    sample = data / "stage_2_sample_submission.csv"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         train_folds(config, "all", verbose=0)
-        lap("train")
+        lap("train stage 1")
         evaluation = evaluate(config.run_dir, config.data.work_dir)
         print(format_scores(evaluation.scores))
-        lap("evaluate")
-        result = predict_test(config)
-    validate_submission(result.submission, data / "stage_2_sample_submission.csv")
-    lap("predict")
-    test_score = _score_against_truth(result.predictions, data / TEST_LABELS)
+        first = predict_test(config)
+        validate_submission(first.submission, sample)
+        lap("predict stage 1")
+        train_folds(config, "all", stage=2, verbose=0)
+        lap("train stage 2")
+        both = compare_stages(config)
+        print(format_stages(both))
+        second = predict_sequence_test(config)
+        validate_submission(second.submission, sample)
+        lap("predict stage 2")
+    truth = data / TEST_LABELS
+    test_scores = {
+        "stage 1": _score_against_truth(first.predictions, truth),
+        "stage 2": _score_against_truth(second.predictions, truth),
+    }
     report = evaluation.report
+    weighted = both.loc["weighted"]
     print(
-        f"[demo] CV weighted log loss {report['weighted_log_loss']:.4f} vs prior {report['prior_weighted_log_loss']:.4f} "
-        f"(ratio {report['ratio_to_prior']:.2f}); synthetic test score {test_score:.4f}"
+        f"[demo] stage 1: CV weighted log loss {weighted['stage 1']:.4f} vs prior {weighted['prior']:.4f} "
+        f"(ratio {report['ratio_to_prior']:.2f}); synthetic test score {test_scores['stage 1']:.4f}"
     )
-    print(f"[demo] submission: {result.submission}")
+    print(
+        f"[demo] stage 2: CV weighted log loss {weighted['stage 2']:.4f} "
+        f"({weighted['stage 2 / stage 1']:.2f} x stage 1); synthetic test score {test_scores['stage 2']:.4f}"
+    )
+    print(f"[demo] submissions: {first.submission} (stage 1), {second.submission} (stage 2)")
     print(f"[demo] total {sum(timings.values()):.0f} s: {timings}")
     return {
         "evaluation": report,
-        "test_score": test_score,
-        "submission": str(result.submission),
+        "stages": both,
+        "test_score": test_scores["stage 1"],
+        "test_scores": test_scores,
+        "submission": str(first.submission),
+        "submission_stage2": str(second.submission),
         "timings": timings,
     }
 

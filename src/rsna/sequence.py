@@ -469,6 +469,29 @@ def predict_sequence_test(config: Config, *, write: bool = True):
     return PredictResult(predictions, submission, report)
 
 
+def compare_stages(config: Config) -> pd.DataFrame | None:
+    """Stage 1 and stage 2 OOF log loss side by side, per label and weighted, plotted in
+    ``RUN/stages.png``; None when no stage-2 fold has OOF predictions yet."""
+    from rsna.plots import plot_stage_comparison, save_figure
+    from rsna.train import evaluate
+
+    if not list(stage2_dir(config).glob("fold_*/oof.csv")):
+        return None
+    first = evaluate(config.run_dir, config.data.work_dir)
+    second = evaluate(stage2_dir(config), config.data.work_dir)
+    both = first.scores[["model"]].rename(columns={"model": "stage 1"})
+    both["stage 2"] = second.scores["model"]
+    both["prior"] = first.scores["prior"]
+    both["stage 2 / stage 1"] = both["stage 2"] / both["stage 1"]
+    save_figure(plot_stage_comparison(both), config.run_dir / "stages.png")
+    return both
+
+
+def format_stages(both: pd.DataFrame) -> str:
+    table = both.to_string(float_format=lambda v: f"{v:.4f}")
+    return f"\nstage 1 and stage 2 side by side (out-of-fold log loss):\n{table}"
+
+
 def embed_folds(config: Config, folds="all") -> list[dict[str, Path]]:
     """``rsna embed``: out-of-fold and (when there is a sample submission) test embeddings."""
     try:
