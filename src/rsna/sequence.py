@@ -5,9 +5,8 @@ Every top RSNA solution gained most from looking at the whole series. Here:
 1. **Embeddings** (``rsna embed``). Fold k's slice model, with its head removed, runs
    over fold k's own images (out of fold: it never trained on them) and over the test
    images, averaged over stage 1's TTA views. It writes the pooled ``features`` and the
-   six ``logits`` per image, float16,
-   to ``RUN/fold_k/embed_oof.npz`` and ``embed_test.npz`` (atomically; an existing file
-   is reused). A training image's embedding therefore always comes from the one model
+   six ``logits`` per image, float16, to ``RUN/fold_k/embed_oof.npz`` and
+   ``embed_test.npz`` (atomically; an existing file is reused). A training image's embedding therefore always comes from the one model
    that did not train on it: nothing leaks.
 2. **Inputs per slice**, in z order: the logits (and, with ``sequence.inputs``, the
    features), plus their differences to the previous and the next slice.
