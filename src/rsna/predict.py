@@ -63,10 +63,10 @@ def config_generator(config: Config, image_ids: list[str], labels=None, **option
     )
 
 
-def predict_images(
+def predict_views(
     model: keras.Model, image_ids: list[str], config: Config
-) -> tuple[np.ndarray, list[str]]:
-    """Probabilities (n, 6) averaged over the TTA views, and the unreadable IDs."""
+) -> tuple[list, list[str]]:
+    """The model's output for each TTA view of ``predict.tta``, and the unreadable IDs."""
     views, unreadable = [], []
     for view in config.predict.tta:
         gen = config_generator(
@@ -78,6 +78,14 @@ def predict_images(
         )
         views.append(model.predict(gen, verbose=0))
         unreadable = sorted(set(gen.unreadable))
+    return views, unreadable
+
+
+def predict_images(
+    model: keras.Model, image_ids: list[str], config: Config
+) -> tuple[np.ndarray, list[str]]:
+    """Probabilities (n, 6) averaged over the TTA views, and the unreadable IDs."""
+    views, unreadable = predict_views(model, image_ids, config)
     return np.mean(views, axis=0, dtype=np.float64), unreadable
 
 

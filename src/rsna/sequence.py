@@ -6,8 +6,9 @@ Every top RSNA solution gained most from looking at the whole series. Here:
    over fold k's own images (out of fold: it never trained on them) and over the test
    images, averaged over stage 1's TTA views. It writes the pooled ``features`` and the
    six ``logits`` per image, float16, to ``RUN/fold_k/embed_oof.npz`` and
-   ``embed_test.npz`` (atomically; an existing file is reused). A training image's embedding therefore always comes from the one model
-   that did not train on it: nothing leaks.
+   ``embed_test.npz`` (atomically; an existing file is reused). A training image's
+   embedding therefore always comes from the one model that did not train on it:
+   nothing leaks.
 2. **Inputs per slice**, in z order: the logits (and, with ``sequence.inputs``, the
    features), plus their differences to the previous and the next slice.
 3. **The model**: a masked bidirectional GRU over the series, then a per-slice dense
@@ -44,8 +45,8 @@ from rsna.predict import (
     PredictError,
     PredictResult,
     assemble,
-    config_generator,
     fold_models,
+    predict_views,
     sample_images,
 )
 from rsna.submission import write_submission
@@ -89,16 +90,10 @@ def embed_fold(config: Config, fold: int, *, test_ids: list[str] | None = None) 
 def _embed(embedder: keras.Model, ids: list[str], config: Config, path: Path) -> None:
     """Features and logits averaged over the TTA views of ``predict.tta``, as stage 1's
     OOF and test predictions are, so stage 2 starts from the same quality."""
-    views, unreadable = [], set()
-    for view in config.predict.tta:
-        gen = config_generator(
-            config, ids, batch_size=config.predict.batch_size, to_fit=False, hflip=view == "hflip"
-        )
-        views.append(embedder.predict(gen, verbose=0))
-        unreadable = set(gen.unreadable)
+    views, unreadable = predict_views(embedder, ids, config)
     features = np.mean([f for f, _ in views], axis=0)
     logits = np.mean([g for _, g in views], axis=0)
-    readable = np.array([i not in unreadable for i in ids])
+    readable = ~np.isin(ids, unreadable)
     with files.atomic_path(path) as tmp:
         np.savez(
             tmp,
