@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -117,8 +118,8 @@ def test_partial_volume_fades_only_the_ends_of_a_bleed():
 def test_a_bleed_tip_is_fainter_than_its_middle():
     series = plan(SynthConfig(patients=6, slices=16, size=128, seed=0))[0]
     bleed = Bleed("intraparenchymal", 7.0, 2.2, 0.0, 0.1, 0.0, 0.25, 80.0)
-    series = replace_bleeds(series, (bleed,))
-    without = replace_bleeds(series, ())
+    series = replace(series, bleeds=(bleed,))
+    without = replace(series, bleeds=())
     for k, share in ((7, 1.0), (5, partial_volume(bleed, 5))):
         hu, counts = render_slice(series, k)
         base, _ = render_slice(without, k)
@@ -126,12 +127,6 @@ def test_a_bleed_tip_is_fainter_than_its_middle():
         assert counts["intraparenchymal"] >= 4 and mask.sum() >= 4
         gained = (hu[mask] - base[mask]).mean()
         assert gained == pytest.approx((80.0 - base[mask].mean()) * share, rel=0.15)
-
-
-def replace_bleeds(series, bleeds):
-    from dataclasses import replace
-
-    return replace(series, bleeds=bleeds)
 
 
 def test_bleeds_are_visible_in_hu(tiny_competition):

@@ -121,7 +121,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     config = _run_config(args.target)
     result = evaluate(config.run_dir, config.data.work_dir)
     print(format_scores(result.scores))
-    both = compare_stages(config)
+    both = compare_stages(config, result)
     if both is not None:
         print(format_stages(both))
     report = result.report
@@ -137,9 +137,7 @@ def _predict(args: argparse.Namespace) -> None:
     from rsna.predict import predict_test
     from rsna.sequence import predict_sequence_test
 
-    if args.stage not in (1, 2):
-        raise RsnaError(f"`--stage` must be 1 or 2. Received: {args.stage}")
-    config = _config(args)
+    config = _config(args)  # argparse has checked that --stage is 1 or 2
     result = predict_test(config) if args.stage == 1 else predict_sequence_test(config)
     report = result.report
     views = report["tta"] if args.stage == 1 else f"reverse={report['tta_reverse']}"

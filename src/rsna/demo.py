@@ -91,7 +91,7 @@ def run_demo(out: str | Path = "demo", *, seed: int = 0, workers: int | None = N
         lap("predict stage 1")
         train_folds(config, "all", stage=2, verbose=0)
         lap("train stage 2")
-        both = compare_stages(config)
+        both = compare_stages(config, evaluation)
         print(format_stages(both))
         second = predict_sequence_test(config)
         validate_submission(second.submission, sample)
@@ -116,10 +116,8 @@ def run_demo(out: str | Path = "demo", *, seed: int = 0, workers: int | None = N
     return {
         "evaluation": report,
         "stages": both,
-        "test_score": test_scores["stage 1"],
         "test_scores": test_scores,
-        "submission": str(first.submission),
-        "submission_stage2": str(second.submission),
+        "submissions": {"stage 1": str(first.submission), "stage 2": str(second.submission)},
         "timings": timings,
     }
 

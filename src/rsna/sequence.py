@@ -50,7 +50,7 @@ from rsna.predict import (
     sample_images,
 )
 from rsna.submission import write_submission
-from rsna.train import FoldResult, _read_folds, finish_fold, fit_fold
+from rsna.train import Evaluation, FoldResult, _read_folds, finish_fold, fit_fold
 
 EMBED_OOF, EMBED_TEST = "embed_oof.npz", "embed_test.npz"
 
@@ -464,15 +464,15 @@ def predict_sequence_test(config: Config, *, write: bool = True):
     return PredictResult(predictions, submission, report)
 
 
-def compare_stages(config: Config) -> pd.DataFrame | None:
-    """Stage 1 and stage 2 OOF log loss side by side, per label and weighted, plotted in
-    ``RUN/stages.png``; None when no stage-2 fold has OOF predictions yet."""
+def compare_stages(config: Config, first: Evaluation) -> pd.DataFrame | None:
+    """Stage 1 (`first`, from :func:`rsna.train.evaluate`) and stage 2 OOF log loss side
+    by side, per label and weighted, plotted in ``RUN/stages.png``; None when no stage-2
+    fold has OOF predictions yet."""
     from rsna.plots import plot_stage_comparison, save_figure
     from rsna.train import evaluate
 
     if not list(stage2_dir(config).glob("fold_*/oof.csv")):
         return None
-    first = evaluate(config.run_dir, config.data.work_dir)
     second = evaluate(stage2_dir(config), config.data.work_dir)
     both = first.scores[["model"]].rename(columns={"model": "stage 1"})
     both["stage 2"] = second.scores["model"]
