@@ -30,11 +30,11 @@ os.environ.setdefault("RSNA_PROGRESS", "0")
 import keras  # noqa: E402
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter  # noqa: E402
 
-from rsna.cache import CacheSpec, build_cache, cache_dir  # noqa: E402
+from rsna.data.cache import CacheSpec, build_cache, cache_dir  # noqa: E402
+from rsna.data.metadata import prepare  # noqa: E402
+from rsna.data.synthetic import SynthConfig, make_competition  # noqa: E402
 from rsna.errors import DataWarning  # noqa: E402
-from rsna.generator import DataGenerator, as_tf_dataset  # noqa: E402
-from rsna.metadata import prepare  # noqa: E402
-from rsna.synthetic import SynthConfig, make_competition  # noqa: E402
+from rsna.training.generator import DataGenerator, as_tf_dataset  # noqa: E402
 
 SETTINGS = {
     "in the loop": {"workers": 1, "use_multiprocessing": False},

@@ -6,7 +6,7 @@ OpenCV on one thread, and times, warm (best of several passes over the same file
 * a raw read of each file's bytes (the ceiling);
 * the naive kernel path: ``pydicom.dcmread().pixel_array``, HU in float, three float
   windows, then ``cv2.resize``;
-* ``rsna.windowing.Preprocessor`` (what ``rsna preprocess`` and the generator use) to
+* ``rsna.data.windowing.Preprocessor`` (what ``rsna preprocess`` and the generator use) to
   256x256 with three windows, uint8; and the one-shot ``preprocess()`` function.
 
 Then it compares rsna's order (window at 512, then resize) with the other order (resize
@@ -27,9 +27,15 @@ import cv2
 import numpy as np
 import pydicom
 
-from rsna.dicom import check_file, read_hu
-from rsna.synthetic import SynthConfig, make_competition
-from rsna.windowing import DEFAULT_WINDOWS, Preprocessor, apply_window, preprocess, resize_square
+from rsna.data.dicom import check_file, read_hu
+from rsna.data.synthetic import SynthConfig, make_competition
+from rsna.data.windowing import (
+    DEFAULT_WINDOWS,
+    Preprocessor,
+    apply_window,
+    preprocess,
+    resize_square,
+)
 
 
 def naive(path: Path, size: int = 256) -> np.ndarray:

@@ -6,10 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from rsna.config import Config, ConfigError, dump_config, load_config, parse_override, with_paths
-from rsna.windowing import BONE, BRAIN, SOFT_TISSUE, SUBDURAL
+from rsna.config import (
+    Config,
+    ConfigError,
+    dump_config,
+    load_config,
+    parse_override,
+    shipped_configs,
+    with_paths,
+)
+from rsna.data.windowing import BONE, BRAIN, SOFT_TISSUE, SUBDURAL
 
-CONFIGS = Path(__file__).resolve().parents[1] / "src" / "rsna" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "rsna" / "configs"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -29,9 +37,10 @@ def test_shipped_configs_load():
         and baseline.image.context == 1
     )
     assert baseline.model.weights is None and baseline.model.mixed_precision
-    assert (
-        Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
-    ).exists()  # the top-level link
+    # Shipped configs load by name too, as `rsna train demo` does; nothing links to them.
+    assert load_config("demo") == demo and load_config("baseline") == baseline
+    assert shipped_configs() == ["baseline", "demo"]
+    assert not (Path(__file__).resolve().parents[1] / "configs").exists()
 
 
 def test_defaults_and_run_dir(tmp_path):
@@ -113,3 +122,41 @@ def test_overrides(tmp_path):
     with pytest.raises(ConfigError, match="override must be section.key=value"):
         load_config(CONFIGS / "demo.toml", overrides={"epochs": 3})
     assert isinstance(config, Config)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Every field converts by its declared type, so a value of the wrong shape is a
+        # ConfigError naming the key, never a TypeError later.
+        ('[data]\nwork_dir = ""\n', "`data.work_dir` must be a path string. Received: ''"),
+        ("[image]\nwindows = 5\n", "`image.windows` must be a list of window names"),
+        ("[image]\nwindows = [1, 2]\n", "`image.windows` must be a list of window names"),
+        ("[image]\ncurve = 'cubic'\n", "`image.curve` must be one of \\('linear', 'sigmoid'\\)"),
+        ("[sequence]\ninputs = [['logits']]\n", "`sequence.inputs` must be a non-empty list of"),
+        ("[train]\nlabel_weights = [1, 1, 1, 1, 1, 'x']\n", "`train.label_weights\\[5\\]` must be a number"),
+        ("[predict]\nensemble = 3\n", "`predict.ensemble` must be one of"),
+        ("[model]\nbackbone = 'efficientnetb0'\n", "did you mean 'EfficientNetB0'\\?"),
+        ("[model]\nbackbone = 'InceptionV3'\n[image]\nsize = 64\n", "`image.size` must be >= 75 for InceptionV3"),
+        ("name = 3\n", "`name` must be a non-empty string"),
+    ],
+)  # fmt: skip
+def test_values_convert_by_field_type(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_empty_optional_path_is_none_and_paths_resolve(tmp_path):
+    config = load_config(write(tmp_path, '[data]\nout_dir = ""\nwork_dir = "~/w"\n'))
+    assert (
+        config.data.out_dir is None and config.data.work_dir == Path("~/w").expanduser().resolve()
+    )
+
+
+def test_a_shipped_config_by_name_with_overrides():
+    config = load_config("demo", overrides={"model.backbone": "ResNet50", "image.size": 64})
+    assert (config.name, config.model.backbone, config.image.size) == ("demo", "ResNet50", 64)
+    with pytest.raises(
+        ConfigError, match="no shipped config of that name; shipped: baseline, demo"
+    ):
+        load_config("demmo")

@@ -1,22 +1,21 @@
-"""rsna.metrics: the competition metric against sklearn, closed forms, and the Keras twins."""
+"""rsna.metrics: the competition metric against sklearn, closed forms, logit and prior."""
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
-from rsna.labels import LABELS
+from rsna.data.labels import LABELS
 from rsna.metrics import (
     EPS,
+    PRIOR_EPS,
     WEIGHTS,
-    WeightedBCE,
-    WeightedLogLoss,
+    logit,
     per_label_log_loss,
     prior_predictions,
-    weighted_bce,
+    sigmoid,
     weighted_log_loss,
 )
 
@@ -87,23 +86,10 @@ def test_bad_inputs():
         weighted_log_loss(np.zeros((1, 6)), np.full((1, 6), np.nan))
 
 
-def test_keras_loss_and_metric_equal_the_numpy_metric():
-    y, p = random_case(64)
-    p = np.clip(p, 1e-4, 1 - 1e-4).astype(np.float32)
-    expected = weighted_log_loss(y, p)
-    assert float(keras.ops.mean(weighted_bce(y, p))) == pytest.approx(expected, rel=1e-5)
-    assert float(WeightedBCE()(y, p)) == pytest.approx(expected, rel=1e-5)
-    metric = WeightedLogLoss()
-    metric.update_state(y[:40], p[:40])  # two batches of different sizes: an epoch-wide mean
-    metric.update_state(y[40:], p[40:])
-    assert float(metric.result()) == pytest.approx(expected, rel=1e-5)
-    metric.reset_state()
-    assert float(metric.result()) == 0.0
-    uniform = WeightedBCE([1, 1, 1, 1, 1, 1])
-    assert float(uniform(y, p)) == pytest.approx(
-        float(np.mean(np.clip(-(y * np.log(p) + (1 - y) * np.log(1 - p)), 0, None))), rel=1e-5
-    )
-    restored = WeightedBCE.from_config(WeightedBCE([1, 2, 3, 4, 5, 6]).get_config())
-    assert restored.weights == [1, 2, 3, 4, 5, 6]
-    with pytest.raises(ValueError, match="`weights` must have 6 values"):
-        WeightedBCE([1, 2])
+def test_logit_closed_forms_and_round_trip():
+    assert logit(0.5) == 0.0 and logit(0.9) == pytest.approx(np.log(9), abs=1e-12)
+    p = np.linspace(0.001, 0.999, 41)
+    np.testing.assert_allclose(sigmoid(logit(p)), p, atol=1e-12)
+    # The clip: 0 and 1 become +-log((1 - eps) / eps), finite.
+    assert logit(0.0) == pytest.approx(np.log(EPS / (1 - EPS)), abs=1e-9)
+    assert logit(1.0, eps=PRIOR_EPS) == pytest.approx(np.log((1 - PRIOR_EPS) / PRIOR_EPS))

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from rsna.synthetic import SynthConfig, make_competition
+from rsna.data.synthetic import SynthConfig, make_competition
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rsna.labels import LABELS, to_long
+from rsna.data.labels import LABELS, to_long
 from rsna.submission import (
     SubmissionError,
     build_submission,

@@ -1,0 +1,438 @@
+"""Experiment configuration: one frozen dataclass per experiment, loaded from TOML.
+
+Sections and keys (the shipped ``rsna/configs/demo.toml`` and ``baseline.toml`` are
+examples)::
+
+    [data]     work_dir, out_dir, cache
+    [image]    size, windows, context, curve
+    [model]    backbone, weights, dropout, mixed_precision
+    [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
+               patience, label_weights, augment, seed, workers
+    [augment]  flip, shift, scale, rotate
+    [predict]  tta, ensemble, clip, batch_size
+    [sequence] inputs, units, dropout, epochs, batch_size, learning_rate, patience, tta_reverse, jitter
+
+Each TOML value is converted by the declared type of its field (``int``, ``float``,
+``bool``, ``str``, a ``Literal`` of choices, ``Path``, ``Path | None``, a tuple of any of
+these, or a tuple of windows). Unknown keys and bad values raise :class:`ConfigError`
+naming the key. Relative paths are resolved against the current folder.
+:func:`dump_config` writes the resolved config back as TOML, next to every run's
+outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from rsna import files, runs
+from rsna.backbones import BACKBONES, closest_backbone
+from rsna.data.augment import Augment
+from rsna.data.cache import CacheSpec
+from rsna.data.labels import LABELS
+from rsna.data.windowing import Curve, Window, parse_windows, window_name
+from rsna.errors import RsnaError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ImageConfig",
+    "ModelConfig",
+    "PredictConfig",
+    "SequenceConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "parse_override",
+    "shipped_configs",
+    "with_paths",
+]
+
+Schedule = Literal["cosine", "constant"]
+Ensemble = Literal["mean", "logit_mean"]
+View = Literal["none", "hflip"]
+SequenceInput = Literal["logits", "features"]
+
+
+class ConfigError(RsnaError):
+    """A config file has an unknown key or a bad value."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    work_dir: Path = Path("work")
+    out_dir: Path | None = None  # default: WORK_DIR/runs/<config name>
+    cache: bool = True  # use the preprocessed cache when it is built
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    size: int = 256
+    windows: tuple[Window, ...] = parse_windows("brain,subdural,soft")
+    context: int = 1
+    curve: Curve = "linear"
+
+    @property
+    def spec(self) -> CacheSpec:
+        """What a preprocessed cache must hold to feed this config."""
+        return CacheSpec(size=self.size, windows=self.windows, curve=self.curve)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "EfficientNetB0"  # a name of rsna.backbones.BACKBONES
+    weights: Path | None = None  # a local weights file; never downloaded
+    dropout: float = 0.2
+    mixed_precision: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    schedule: Schedule = "cosine"
+    warmup_epochs: int = 1
+    min_learning_rate: float = 1e-6
+    patience: int = 3
+    label_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
+    augment: bool = True
+    seed: int = 0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    tta: tuple[View, ...] = ("none", "hflip")
+    ensemble: Ensemble = "mean"
+    clip: float = 1e-5
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """The series model of stage 2 (rsna.training.stage2)."""
+
+    inputs: tuple[SequenceInput, ...] = ("logits",)  # of the stage-1 model
+    units: int = 64
+    dropout: float = 0.1
+    epochs: int = 30
+    batch_size: int = 8  # series per batch
+    learning_rate: float = 3e-3
+    patience: int = 8
+    tta_reverse: bool = True  # also predict the reversed series and average
+    jitter: float = 0.3  # random per-series scale and shift of the inputs while training
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment."""
+
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: Augment = field(default_factory=Augment)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this experiment's outputs go."""
+        return self.data.out_dir or self.data.work_dir / "runs" / self.name
+
+    @property
+    def channels(self) -> int:
+        return len(self.image.windows) * (2 * self.image.context + 1)
+
+    def stage_dir(self, stage: int = 1) -> Path:
+        """The folder of `stage` (1: slice model, 2: series model) in the run folder."""
+        return runs.stage_dir(self.run_dir, stage)
+
+    def fold_dir(self, fold: int, *, stage: int = 1) -> Path:
+        """The folder of fold `fold` of `stage`."""
+        return runs.fold_dir(self.stage_dir(stage), fold)
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "image": ImageConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "augment": Augment,
+    "predict": PredictConfig,
+    "sequence": SequenceConfig,
+}
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs shipped in ``rsna/configs``."""
+    folder = resources.files("rsna") / "configs"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_config(
+    path_or_name: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Read a TOML config, by path or by the name of a shipped one (``"demo"``).
+
+    `overrides` maps ``"section.key"`` to values (from ``--set``).
+
+    Raises:
+        ConfigError: no such file or shipped config, unreadable TOML, an unknown
+            section or key, or a bad value.
+    """
+    path = Path(path_or_name)
+    if not path.exists() and path.suffix == "" and path.name == str(path_or_name):
+        resource = resources.files("rsna") / "configs" / f"{path.name}.toml"
+        if not resource.is_file():
+            raise ConfigError(
+                f"{path}: no such config file, and no shipped config of that name; "
+                f"shipped: {', '.join(shipped_configs())}"
+            )
+        with resources.as_file(resource) as shipped:
+            return load_config(shipped, overrides=overrides)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    raw.setdefault("name", path.stem)
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"{path}: override must be section.key=value. Received: {dotted!r}")
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: `{section}` must be a table. Received: {table!r}")
+        table[key] = value
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> Config:
+    """Build and check a :class:`Config` from nested dicts (as TOML gives them)."""
+    _check_keys(raw, ["name", *_SECTIONS], source, "")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        table = raw.get(name, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{source}: `{name}` must be a table. Received: {table!r}")
+        _check_keys(table, [f.name for f in fields(cls)], source, f"{name}.")
+        hints = typing.get_type_hints(cls)
+        values = {
+            key: _convert(hints[key], value, source=source, key=f"{name}.{key}")
+            for key, value in table.items()
+        }
+        try:
+            sections[name] = cls(**values)
+        except RsnaError as exc:
+            raise ConfigError(f"{source}: [{name}] {exc}") from exc
+    name = raw.get("name", "experiment")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{source}: `name` must be a non-empty string. Received: {name!r}")
+    config = Config(name=name, **sections)
+    _validate(config, source)
+    return config
+
+
+def _check_keys(table: Mapping[str, Any], allowed: list[str], source: str, prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            extra = (
+                f"; did you mean `{prefix}{hint[0]}`?"
+                if hint
+                else f"; known keys: {', '.join(allowed)}"
+            )
+            raise ConfigError(f"{source}: unknown key `{prefix}{key}`{extra}")
+
+
+def _convert(hint: Any, value: Any, *, source: str, key: str) -> Any:
+    """Turn a TOML value into a field's declared type, or raise naming the key."""
+    where, short = f"{source}: `{key}`", key.rpartition(".")[2]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # only `X | None` is used
+        if value in ("", None):
+            return None
+        inner = next(a for a in args if a is not type(None))
+        return _convert(inner, value, source=source, key=key)
+    if origin is tuple:
+        return _convert_tuple(args[0], value, source=source, key=key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {args}. Received: {short}={value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false. Received: {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer. Received: {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number. Received: {value!r}")
+        return float(value)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where} must be a path string. Received: {value!r}")
+        return Path(value).expanduser().resolve()
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string. Received: {value!r}")
+        return value
+    raise ConfigError(f"{where}: no conversion for type {hint!r}")  # a field this code lacks
+
+
+def _convert_tuple(item: Any, value: Any, *, source: str, key: str) -> tuple:
+    where = f"{source}: `{key}`"
+    if item is Window:  # names or center/width, as a list or one comma-separated string
+        if not isinstance(value, (str, list)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(
+                f"{where} must be a list of window names or center/width. Received: {value!r}"
+            )
+        try:
+            return parse_windows(value)
+        except RsnaError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    if typing.get_origin(item) is Literal:
+        choices = typing.get_args(item)
+        if not isinstance(value, list) or not value or any(v not in choices for v in value):
+            raise ConfigError(f"{where} must be a non-empty list of {choices}. Received: {value!r}")
+        return tuple(value)
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list. Received: {value!r}")
+    return tuple(_convert(item, v, source=source, key=f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def _validate(config: Config, source: str) -> None:
+    backbone = BACKBONES.get(config.model.backbone)
+    if backbone is None:
+        closest = closest_backbone(config.model.backbone)
+        hint = f"; did you mean {closest!r}?" if closest else ""
+        raise ConfigError(
+            f"{source}: `model.backbone` must be one of rsna.backbones.BACKBONES{hint} "
+            f"Received: backbone={config.model.backbone!r}"
+        )
+    checks = [
+        (config.image.size >= 32, "image.size", config.image.size, "must be >= 32"),
+        (config.image.size >= backbone.min_size, "image.size", config.image.size, f"must be >= {backbone.min_size} for {backbone.name}"),
+        (config.image.context >= 0, "image.context", config.image.context, "must be >= 0"),
+        (0.0 <= config.model.dropout < 1.0, "model.dropout", config.model.dropout, "must be in [0, 1)"),
+        (config.train.batch_size >= 1, "train.batch_size", config.train.batch_size, "must be positive"),
+        (config.train.epochs >= 1, "train.epochs", config.train.epochs, "must be positive"),
+        (config.train.learning_rate > 0, "train.learning_rate", config.train.learning_rate, "must be positive"),
+        (0 <= config.train.warmup_epochs < config.train.epochs, "train.warmup_epochs", config.train.warmup_epochs, "must be in [0, epochs)"),
+        (config.train.patience >= 1, "train.patience", config.train.patience, "must be positive"),
+        (len(config.train.label_weights) == len(LABELS) and all(w > 0 for w in config.train.label_weights),
+         "train.label_weights", config.train.label_weights, f"must be {len(LABELS)} positive numbers in the order {LABELS}"),
+        (config.train.workers >= 1, "train.workers", config.train.workers, "must be positive"),
+        (0.0 < config.predict.clip < 0.5, "predict.clip", config.predict.clip, "must be in (0, 0.5)"),
+        (config.predict.batch_size >= 1, "predict.batch_size", config.predict.batch_size, "must be positive"),
+        (config.sequence.units >= 1, "sequence.units", config.sequence.units, "must be positive"),
+        (0.0 <= config.sequence.dropout < 1.0, "sequence.dropout", config.sequence.dropout, "must be in [0, 1)"),
+        (config.sequence.epochs >= 1, "sequence.epochs", config.sequence.epochs, "must be positive"),
+        (config.sequence.batch_size >= 1, "sequence.batch_size", config.sequence.batch_size, "must be positive"),
+        (config.sequence.learning_rate > 0, "sequence.learning_rate", config.sequence.learning_rate, "must be positive"),
+        (config.sequence.patience >= 1, "sequence.patience", config.sequence.patience, "must be positive"),
+        (0.0 <= config.sequence.jitter < 1.0, "sequence.jitter", config.sequence.jitter, "must be in [0, 1)"),
+    ]  # fmt: skip
+    for ok, key, value, rule in checks:
+        if not ok:
+            raise ConfigError(f"{source}: `{key}` {rule}. Received: {key.split('.')[-1]}={value!r}")
+    weights = config.model.weights
+    if weights is not None and not weights.is_file():
+        raise ConfigError(
+            f"{source}: `model.weights` file not found: {weights} (weights are never downloaded)"
+        )
+
+
+def with_paths(
+    config: Config,
+    *,
+    work_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+) -> Config:
+    """A copy of `config` reading from and writing to other folders."""
+    data = replace(
+        config.data,
+        work_dir=Path(work_dir).resolve(),
+        out_dir=Path(out_dir).resolve() if out_dir else None,
+    )
+    return replace(config, data=data)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain TOML-ready values (paths as strings, windows by name)."""
+    out: dict[str, Any] = {"name": config.name}
+    for name in _SECTIONS:
+        table = {}
+        for key, value in dataclasses.asdict(getattr(config, name)).items():
+            if key == "windows":
+                value = [
+                    window_name(Window(**w)) if isinstance(w, dict) else window_name(w)
+                    for w in value
+                ]
+            elif isinstance(value, Path):
+                value = str(value)
+            elif value is None:
+                value = ""
+            elif isinstance(value, tuple):
+                value = list(value)
+            table[key] = value
+        out[name] = table
+    return out
+
+
+def dump_config(config: Config, path: str | os.PathLike[str]) -> Path:
+    """Write the resolved config as TOML, atomically; :func:`load_config` reads it back."""
+    data = config_to_dict(config)
+    lines = [f"name = {_toml(data.pop('name'))}", ""]
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
+        lines.append("")
+    return files.write_text(path, "\n".join(lines))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` from the command line; the value is read as TOML if it can be."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ConfigError(f"--set takes section.key=value. Received: {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed

@@ -1,0 +1,165 @@
+"""Series: slices in z order, the seeded epoch order, and stage 2's per-series inputs.
+
+Everything here is NumPy and pandas:
+
+* :func:`neighbours`: the slices around each image by z, for context channels;
+* :func:`epoch_order`: the order of an epoch as a pure function of ``(seed, epoch)``,
+  shared by both Keras generators, so worker processes, resumed runs and tf.data all
+  see the same batches;
+* stage 2's inputs: :func:`read_embeddings` reads a stage-1 embeddings file,
+  :func:`slice_inputs` picks the columns, :func:`build_series` stacks each series in z
+  order with the deltas to its neighbours, and :func:`distort` and
+  :func:`reversed_series` are its augmentation and test-time view.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rsna.data.labels import LABELS
+from rsna.errors import RsnaError
+
+__all__ = [
+    "Series",
+    "SeriesError",
+    "build_series",
+    "distort",
+    "epoch_order",
+    "neighbours",
+    "read_embeddings",
+    "reversed_series",
+    "slice_inputs",
+]
+
+#: Series UID -> (image IDs in z order, (T, 3 * D) float32 inputs).
+Series = dict[str, tuple[list[str], np.ndarray]]
+
+
+class SeriesError(RsnaError):
+    """Bad options for series order or series inputs."""
+
+
+def neighbours(slices: pd.DataFrame, image_ids: Sequence[str], *, context: int) -> np.ndarray:
+    """The IDs of slices ``s - context .. s + context`` around each image, by z.
+
+    Args:
+        slices: ``series_uid`` and ``slice_index`` per image ID (metadata or cache index).
+        image_ids: the centre slices.
+        context: slices on each side; 0 gives each image alone.
+
+    Returns:
+        An object array (len(image_ids), 2 * context + 1). At the ends of a series the
+        edge slice repeats; an image without a series stands in for its own neighbours.
+    """
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+        raise SeriesError(
+            f"`context` must be a non-negative integer. Received: context={context!r}"
+        )
+    ids = np.asarray(image_ids, dtype=object)
+    if context == 0:
+        return ids[:, None]
+    by_position = {
+        (s, i): image
+        for image, s, i in zip(
+            slices.index, slices["series_uid"], slices["slice_index"], strict=True
+        )
+    }
+    length = slices.groupby("series_uid")["slice_index"].max() + 1
+    series = slices.loc[ids, "series_uid"].to_numpy()
+    centre = slices.loc[ids, "slice_index"].to_numpy()
+    table = np.empty((len(ids), 2 * context + 1), dtype=object)
+    for row, (image, s, i) in enumerate(zip(ids, series, centre, strict=True)):
+        if s == "" or i < 0:
+            table[row] = image
+            continue
+        last = length[s] - 1
+        table[row] = [
+            by_position[(s, min(max(i + d, 0), last))] for d in range(-context, context + 1)
+        ]
+    return table
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Positions ``0 .. n - 1`` in the order of `epoch`: a permutation drawn from
+    ``(seed, epoch)`` when shuffling, else the identity."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+# --------------------------------------------------------------------- stage 2 inputs
+
+
+def read_embeddings(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A stage-1 embeddings file as a DataFrame: ``logit_*``, ``feature_*`` and ``readable``.
+
+    The file (``embed_oof.npz`` or ``embed_test.npz``) holds ``ids``, float16
+    ``features`` and ``logits``, and ``readable``; it is read without pickle.
+    """
+    with np.load(Path(path), allow_pickle=False) as data:
+        ids = data["ids"]
+        logits = pd.DataFrame(
+            data["logits"].astype(np.float32), index=ids, columns=[f"logit_{c}" for c in LABELS]
+        )
+        features = pd.DataFrame(data["features"].astype(np.float32), index=ids).add_prefix(
+            "feature_"
+        )
+        frame = pd.concat([logits, features], axis=1)
+        frame["readable"] = data["readable"]
+    frame.index.name = "image_id"
+    return frame
+
+
+def slice_inputs(
+    embeddings: pd.DataFrame, *, inputs: tuple[str, ...], prior_logits: np.ndarray
+) -> pd.DataFrame:
+    """Per-slice input columns; unreadable slices get `prior_logits` and zero features."""
+    columns = [c for c in embeddings.columns if any(c.startswith(f"{k[:-1]}_") for k in inputs)]
+    frame = embeddings[columns].astype(np.float64)
+    bad = ~embeddings["readable"].to_numpy(bool)
+    if bad.any():
+        frame.loc[bad, :] = 0.0
+        if "logits" in inputs:
+            frame.loc[bad, [f"logit_{c}" for c in LABELS]] = prior_logits
+    return frame
+
+
+def build_series(frame: pd.DataFrame, metadata: pd.DataFrame) -> Series:
+    """Series UID -> (image IDs in z order, (T, 3 * D) inputs: values, minus previous, minus next)."""
+    order = metadata.loc[frame.index, ["series_uid", "slice_index"]].sort_values(
+        ["series_uid", "slice_index"]
+    )
+    series = {}
+    for uid, rows in order.groupby("series_uid", sort=True):
+        ids = rows.index.tolist()
+        values = frame.loc[ids].to_numpy(np.float32)
+        previous = np.vstack([values[:1], values[:-1]])
+        following = np.vstack([values[1:], values[-1:]])
+        series[uid] = (ids, np.hstack([values, values - previous, values - following]))
+    return series
+
+
+def distort(values: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    """A random affine change of a series' inputs, per column: scale 1 +/- amount and a
+    shift of +/- amount (the shift leaves the deltas alone).
+
+    Each fold's slice model is calibrated a little differently; training on distorted
+    inputs keeps the series model from learning the calibration of the training folds'
+    models instead of the shape of bleeds along z.
+    """
+    d = values.shape[1] // 3
+    scale = np.tile(rng.uniform(1 - amount, 1 + amount, d), 3).astype(np.float32)
+    shift = np.concatenate([rng.uniform(-amount, amount, d), np.zeros(2 * d)]).astype(np.float32)
+    return values * scale + shift
+
+
+def reversed_series(values: np.ndarray) -> np.ndarray:
+    """A series back to front: the deltas to previous and next slices swap places."""
+    d = values.shape[1] // 3
+    flipped = values[::-1]
+    return np.hstack([flipped[:, :d], flipped[:, 2 * d :], flipped[:, d : 2 * d]])

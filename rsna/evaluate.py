@@ -1,0 +1,123 @@
+"""``rsna evaluate``: merge a stage's out-of-fold predictions and score them. pandas only.
+
+The CV score is the competition metric over every fold's ``oof.csv``, next to the
+prior baseline (each label's training mean). :func:`compare_stages` puts stage 1 and
+stage 2 side by side. Nothing here imports TensorFlow, so scoring a run is instant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from rsna import files, runs
+from rsna.data.metadata import read_prepared_labels
+from rsna.errors import RsnaError
+from rsna.metrics import per_label_log_loss, prior_predictions
+
+__all__ = [
+    "EvaluateError",
+    "Evaluation",
+    "compare_stages",
+    "evaluate",
+    "format_scores",
+    "format_stages",
+    "read_oof",
+]
+
+
+class EvaluateError(RsnaError):
+    """Nothing to evaluate: no fold has out-of-fold predictions."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    oof: pd.DataFrame
+    scores: pd.DataFrame  # rows: LABELS + weighted; columns: model, prior, ratio
+    report: dict
+
+
+def read_oof(stage_folder: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Every fold's oof.csv of a stage, concatenated, and the fold folders' names.
+
+    Raises:
+        EvaluateError: no fold has OOF predictions.
+    """
+    parts = runs.fold_dirs(stage_folder, holding=runs.OOF)
+    if not parts:
+        raise EvaluateError(f"{stage_folder}: no fold_*/{runs.OOF}; train some folds first")
+    oof = pd.concat([pd.read_csv(p / runs.OOF, index_col="image_id") for p in parts.values()])
+    return oof, [p.name for p in parts.values()]
+
+
+def evaluate(stage_folder: str | os.PathLike[str], work_dir: str | os.PathLike[str]) -> Evaluation:
+    """Merge a stage's OOF predictions and score them against the prior.
+
+    Writes ``oof.csv``, ``evaluate.json`` and ``roc_pr.png`` in `stage_folder`.
+
+    Raises:
+        EvaluateError: no fold has OOF predictions.
+    """
+    stage_folder = Path(stage_folder)
+    oof, folds = read_oof(stage_folder)
+    all_labels = read_prepared_labels(work_dir)
+    labels = all_labels.loc[oof.index]
+    model = per_label_log_loss(labels, oof)
+    prior = per_label_log_loss(labels, prior_predictions(all_labels, oof.index))
+    scores = pd.DataFrame({"model": model, "prior": prior})
+    scores["ratio"] = scores["model"] / scores["prior"]
+    report = {
+        "folds": folds,
+        "images": len(oof),
+        "weighted_log_loss": model["weighted"],
+        "prior_weighted_log_loss": prior["weighted"],
+        "ratio_to_prior": model["weighted"] / prior["weighted"],
+        "per_label": scores.to_dict(orient="index"),
+    }
+    files.write_csv(oof, stage_folder / runs.OOF, index=True)
+    files.write_json(stage_folder / runs.EVALUATE_JSON, report)
+    from rsna.plots import plot_roc_pr
+
+    files.save_figure(plot_roc_pr(labels, oof), stage_folder / runs.ROC_PR)
+    return Evaluation(oof, scores, report)
+
+
+def format_scores(scores: pd.DataFrame) -> str:
+    """The per-label table of :func:`evaluate` as text."""
+    lines = [f"{'label':18s} {'model':>8s} {'prior':>8s} {'ratio':>6s}"]
+    for label, row in scores.iterrows():
+        # a label without positives has a prior loss of 0: no ratio
+        ratio = f"{row['ratio']:6.2f}" if row["prior"] > 1e-6 else "   n/a"
+        lines.append(f"{label:18s} {row['model']:8.4f} {row['prior']:8.4f} {ratio}")
+    return "\n".join(lines)
+
+
+def compare_stages(
+    run_dir: str | os.PathLike[str], work_dir: str | os.PathLike[str], first: Evaluation
+) -> pd.DataFrame | None:
+    """Stage 1 (`first`, from :func:`evaluate`) and stage 2 OOF log loss side by side.
+
+    Per label and weighted, plotted in ``RUN/stages.png``; None when no stage-2 fold
+    has OOF predictions yet.
+    """
+    second_dir = runs.stage_dir(run_dir, 2)
+    if not runs.fold_dirs(second_dir, holding=runs.OOF):
+        return None
+    second = evaluate(second_dir, work_dir)
+    both = first.scores[["model"]].rename(columns={"model": "stage 1"})
+    both["stage 2"] = second.scores["model"]
+    both["prior"] = first.scores["prior"]
+    both["stage 2 / stage 1"] = both["stage 2"] / both["stage 1"]
+    from rsna.plots import plot_stage_comparison
+
+    files.save_figure(plot_stage_comparison(both), Path(run_dir) / runs.STAGES_PNG)
+    return both
+
+
+def format_stages(both: pd.DataFrame) -> str:
+    """The table of :func:`compare_stages` as text."""
+    table = both.to_string(float_format=lambda v: f"{v:.4f}")
+    return f"\nstage 1 and stage 2 side by side (out-of-fold log loss):\n{table}"

@@ -1,0 +1,81 @@
+"""``rsna embed``: stage 1's slice models turned into stage 2's inputs.
+
+Fold k's slice model, with its head removed, runs over fold k's own images (out of fold:
+it never trained on them) and over the test images, averaged over stage 1's TTA views
+(``predict.tta``), so stage 2 starts from the same quality as stage 1's predictions. It
+writes the pooled ``features`` and the six ``logits`` per image, float16, to
+``RUN/fold_k/embed_oof.npz`` and ``embed_test.npz`` (atomically; an existing file is
+reused). A training image's embedding therefore always comes from the one model that
+did not train on it: nothing leaks. :func:`rsna.data.series.read_embeddings` reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from rsna import files, runs
+from rsna.config import Config
+from rsna.predictions import PredictError, test_images
+from rsna.training.fold import config_folds, fold_numbers
+from rsna.training.models import load_model
+from rsna.training.stage1 import predict_views
+
+__all__ = ["EmbedError", "embed_fold", "embed_folds", "embed_images"]
+
+
+class EmbedError(PredictError):
+    """A fold has no trained slice model to embed with."""
+
+
+def embed_fold(
+    config: Config, fold: int, *, test_ids: Sequence[str] | None = None
+) -> dict[str, Path]:
+    """Write fold `fold`'s out-of-fold (and, given `test_ids`, test) embeddings; reuse
+    files already written. Returns file name -> path."""
+    fold_dir = config.fold_dir(fold)
+    if not (fold_dir / runs.BEST_MODEL).exists():
+        raise EmbedError(f"{fold_dir}: no {runs.BEST_MODEL}; train stage 1 of fold {fold} first")
+    folds = config_folds(config)
+    jobs = {runs.EMBED_OOF: folds.index[folds == fold].tolist()}
+    if test_ids is not None:
+        jobs[runs.EMBED_TEST] = list(test_ids)
+    todo = {name: ids for name, ids in jobs.items() if not (fold_dir / name).exists()}
+    if todo:
+        model = load_model(fold_dir / runs.BEST_MODEL)
+        embedder = keras.Model(
+            model.input, [model.get_layer("features").output, model.get_layer("logits").output]
+        )
+        for name, ids in todo.items():
+            embed_images(embedder, ids, config, fold_dir / name)
+        keras.backend.clear_session()
+    return {name: fold_dir / name for name in jobs}
+
+
+def embed_images(embedder: keras.Model, ids: list[str], config: Config, path: Path) -> None:
+    """Write the features and logits of `ids`, averaged over the TTA views of
+    ``predict.tta``, to an embeddings file (npz, no pickle) at `path`."""
+    views, unreadable = predict_views(embedder, ids, config)
+    features = np.mean([f for f, _ in views], axis=0)
+    logits = np.mean([g for _, g in views], axis=0)
+    readable = ~np.isin(ids, unreadable)
+    with files.atomic_path(path) as tmp:
+        np.savez(
+            tmp,
+            ids=np.array(ids, dtype=str),
+            features=features.astype(np.float16),
+            logits=logits.astype(np.float16),
+            readable=readable,
+        )
+
+
+def embed_folds(config: Config, folds: str | Sequence[int] = "all") -> list[dict[str, Path]]:
+    """``rsna embed``: out-of-fold and (when there is a sample submission) test embeddings."""
+    try:
+        test_ids = test_images(config.data.work_dir).present
+    except PredictError:
+        test_ids = None
+    return [embed_fold(config, k, test_ids=test_ids) for k in fold_numbers(config, folds)]

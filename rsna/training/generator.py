@@ -1,0 +1,415 @@
+"""``DataGenerator``: batches of windowed slices for ``model.fit`` and ``model.predict``.
+
+A :class:`keras.utils.PyDataset` keyed by image IDs. Every batch is a pure function of
+``(seed, epoch, batch index)``: the order of an epoch, and the augmentation of each
+sample, are drawn from generators seeded by those numbers. So:
+
+* worker processes, re-forked by Keras every epoch, never repeat each other's draws;
+* the same seed gives the same sequence of epochs;
+* a run resumed at epoch k (``BackupAndRestore``) sees exactly the batches it would have;
+* the tf.data pipeline of :func:`as_tf_dataset` gives the same samples.
+
+Keras reshuffles batch order with Python's global ``random`` when ``fit(shuffle=True)``
+(the default): pass ``shuffle=False`` to ``fit`` and let the generator shuffle.
+
+Contract:
+
+* ``len(gen) == ceil(n / batch_size)``; the last batch holds exactly the remainder.
+* ``to_fit=True`` gives ``(x, y)``, y float32 (batch, 6) in :data:`rsna.data.labels.LABELS`
+  order; ``to_fit=False`` gives x alone, in the order of ``image_ids``.
+* x is uint8 (batch, size, size, channels) by default, and the model rescales it: that
+  moves 4x fewer bytes than float32. ``dtype="float32"`` gives x / 255 instead.
+* channels: for ``context=c`` the slices s-c .. s+c by z (edge slices repeat at the ends
+  of a series), each with all windows: ``[s-1 windows..., s windows..., s+1 windows...]``.
+* Training skips images known to be unreadable when it is built (a :class:`DataWarning`
+  and ``gen.skipped``). A read that fails later drops that row from its batch (a warning,
+  and ``gen.failed`` in that process). Prediction keeps every row: unreadable images
+  give zeros and are listed in ``gen.unreadable``. A missing neighbour slice is replaced
+  by the centre slice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import pandas as pd
+
+from rsna.config import Config
+from rsna.data.augment import Augment, augment
+from rsna.data.cache import CacheSpec, DicomImages, ImageCache, built_cache
+from rsna.data.labels import LABELS
+from rsna.data.series import Series, distort, epoch_order, neighbours, reversed_series
+from rsna.data.windowing import DEFAULT_WINDOWS, Window
+from rsna.errors import DataWarning, RsnaError
+
+__all__ = [
+    "DataGenerator",
+    "EpochSync",
+    "GeneratorError",
+    "SeriesGenerator",
+    "as_tf_dataset",
+]
+
+
+class GeneratorError(RsnaError):
+    """Bad options or inputs for the data generator."""
+
+
+class DataGenerator(keras.utils.PyDataset):
+    """Batches of windowed slices from a cache or from DICOM files.
+
+    Args:
+        image_ids: the images, in the order of prediction.
+        labels: the wide label table (needed when `to_fit`), or None.
+        work_dir: a prepared work folder: read the DICOM files (and metadata) from it.
+        cache: a cache folder (or :class:`ImageCache`) made by ``rsna preprocess``;
+            used instead of the DICOM files. It must hold `size` and `windows`.
+        size: image size.
+        windows: the windows, one channel each (per context slice).
+        batch_size: samples per batch.
+        context: adjacent slices on each side, stacked as channels.
+        shuffle: a new order every epoch.
+        augment: an :class:`~rsna.data.augment.Augment` (or True for the defaults), or None.
+        seed: seeds the order and the augmentation.
+        to_fit: return ``(x, y)`` (True) or x alone (False).
+        dtype: ``"uint8"`` or ``"float32"`` (x / 255).
+        hflip: flip every image left-right (test-time augmentation).
+        **kwargs: passed to :class:`keras.utils.PyDataset`: ``workers``,
+            ``use_multiprocessing``, ``max_queue_size``.
+    """
+
+    def __init__(
+        self,
+        image_ids: Sequence[str],
+        labels: pd.DataFrame | None = None,
+        *,
+        work_dir: str | os.PathLike[str] | None = None,
+        cache: str | os.PathLike[str] | ImageCache | None = None,
+        size: int = 256,
+        windows: Sequence[Window] = DEFAULT_WINDOWS,
+        batch_size: int = 32,
+        context: int = 0,
+        shuffle: bool = False,
+        augment: Augment | bool | None = None,
+        seed: int = 0,
+        to_fit: bool = True,
+        dtype: str = "uint8",
+        hflip: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise GeneratorError(
+                f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
+            )
+        if dtype not in ("uint8", "float32"):
+            raise GeneratorError(f"`dtype` must be 'uint8' or 'float32'. Received: dtype={dtype!r}")
+        self.spec = CacheSpec(size=size, windows=tuple(windows))
+        self.images = _source(work_dir=work_dir, cache=cache, spec=self.spec)
+        self.batch_size, self.context, self.shuffle, self.seed = batch_size, context, shuffle, seed
+        self.to_fit, self.dtype, self.hflip = to_fit, dtype, hflip
+        self.augment = Augment() if augment is True else (augment or None)
+        self.epoch = 0
+        self.skipped: list[str] = []
+        self.failed: list[str] = []
+        ids = _checked_ids(image_ids, self.images)
+        if to_fit:
+            ids = self._drop_unreadable(ids)
+            self._targets = _targets(ids, labels)
+        self.image_ids = ids
+        self.unreadable = [i for i in ids if not self.images.readable(i)]
+        self._slices = neighbours(self.images.slices, ids, context=context)
+        self._owner = os.getpid()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        image_ids: Sequence[str],
+        labels: pd.DataFrame | None = None,
+        **options,
+    ) -> DataGenerator:
+        """A generator of `config`'s images: the cache when ``data.cache`` allows and it is
+        built, else the DICOMs; its size, windows and context. `options` go to the
+        constructor (batch_size, shuffle, augment, to_fit, ...)."""
+        cache = built_cache(config.data.work_dir, config.image.spec) if config.data.cache else None
+        source = {"cache": cache} if cache is not None else {"work_dir": config.data.work_dir}
+        return cls(
+            image_ids,
+            labels,
+            **source,
+            size=config.image.size,
+            windows=config.image.windows,
+            context=config.image.context,
+            **options,
+        )
+
+    # ------------------------------------------------------------------ the contract
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.image_ids) / self.batch_size)
+
+    @property
+    def num_batches(self) -> int:
+        return len(self)
+
+    @property
+    def channels(self) -> int:
+        return self.spec.channels * (2 * self.context + 1)
+
+    def __getitem__(self, index: int):
+        return self.load_batch(index, epoch=self.epoch)
+
+    def on_epoch_end(self) -> None:
+        """Advance to the next epoch: a new order, new augmentation draws."""
+        self.epoch += 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to `epoch` (a resumed run), see :class:`EpochSync`."""
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Positions into ``image_ids`` in the order of `epoch`."""
+        return epoch_order(len(self.image_ids), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+
+    def load_batch(self, index: int, *, epoch: int):
+        """Batch `index` of `epoch`; pure, so any process or thread gives the same batch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        self._setup_worker()
+        rows = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
+        x = np.empty((len(rows), *self._shape), np.uint8)  # each image is read straight into it
+        kept = np.ones(len(rows), bool)
+        for k, row in enumerate(rows):
+            kept[k] = self._fill(x[k], int(row))
+            if rng is not None and kept[k]:
+                x[k] = augment(x[k], rng, self.augment)
+        if not kept.all():
+            x, rows = x[kept], rows[kept]
+        if self.hflip:
+            x = np.ascontiguousarray(x[:, :, ::-1])
+        if self.dtype == "float32":
+            x = x.astype(np.float32) / np.float32(255.0)
+        if not self.to_fit:
+            return x
+        return x, self._targets[rows]
+
+    # ------------------------------------------------------------------ internals
+
+    @property
+    def _shape(self) -> tuple[int, int, int]:
+        return (self.spec.size, self.spec.size, self.channels)
+
+    def _fill(self, out: np.ndarray, row: int) -> bool:
+        """Write the stacked context channels of one image into `out`; False to skip it."""
+        centre = self.image_ids[row]
+        step = self.spec.channels
+        try:
+            for j, image_id in enumerate(self._slices[row]):
+                self._read_into(image_id, centre, out[..., j * step : (j + 1) * step])
+        except RsnaError as exc:
+            if self.to_fit:
+                warnings.warn(f"skipping {centre} in training: {exc}", DataWarning, stacklevel=2)
+                self.failed.append(centre)
+                return False
+            warnings.warn(f"predicting {centre} from zeros: {exc}", DataWarning, stacklevel=2)
+            self.unreadable.append(centre)
+            out[...] = 0
+        return True
+
+    def _read_into(self, image_id: str, centre: str, out: np.ndarray) -> None:
+        if image_id != centre and not self.images.readable(image_id):
+            image_id = centre  # an unreadable neighbour: use the centre slice instead
+        if self.images.readable(image_id):
+            self.images.read_into(image_id, out)
+        elif self.to_fit:
+            raise GeneratorError(f"{image_id} is unreadable: {self.images.reason(image_id)}")
+        else:
+            out[...] = 0
+
+    def _drop_unreadable(self, ids: list[str]) -> list[str]:
+        bad = [i for i in ids if not self.images.readable(i)]
+        if bad:
+            warnings.warn(
+                f"training skips {len(bad)} unreadable images, e.g. {bad[0]}: {self.images.reason(bad[0])}",
+                DataWarning,
+                stacklevel=3,
+            )
+            self.skipped = bad
+            dropped = set(bad)
+            ids = [i for i in ids if i not in dropped]
+        if not ids:
+            raise GeneratorError("no readable images to train on")
+        return ids
+
+    def _setup_worker(self) -> None:
+        """In a forked worker process, run OpenCV without its thread pool.
+
+        OpenCV's pool can deadlock after a fork; ``setNumThreads(0)`` is safe there,
+        ``setNumThreads(1)`` is not (it waits for pool threads the child does not have).
+        """
+        if os.getpid() != self._owner:
+            import cv2
+
+            cv2.setNumThreads(0)
+            self._owner = os.getpid()
+
+
+def _source(*, work_dir, cache, spec: CacheSpec) -> ImageCache | DicomImages:
+    if cache is not None:
+        if isinstance(cache, ImageCache):
+            if cache.spec != spec:
+                raise GeneratorError(
+                    f"{cache.path} holds {cache.spec.describe()}; asked for {spec.describe()}"
+                )
+            return cache
+        return ImageCache(cache, expect=spec)
+    if work_dir is None:
+        raise GeneratorError("pass `work_dir` (read DICOMs) or `cache` (read a preprocessed cache)")
+    return DicomImages(work_dir, spec)
+
+
+def _checked_ids(image_ids: Sequence[str], images: ImageCache | DicomImages) -> list[str]:
+    ids = [str(i) for i in image_ids]
+    if not ids:
+        raise GeneratorError("`image_ids` is empty")
+    missing = [i for i in ids if i not in images]
+    if missing:
+        raise GeneratorError(f"{len(missing)} image IDs are not in the source, e.g. {missing[0]!r}")
+    return ids
+
+
+def _targets(ids: list[str], labels: pd.DataFrame | None) -> np.ndarray:
+    if labels is None:
+        raise GeneratorError("`labels` is required when to_fit=True")
+    missing = pd.Index(ids).difference(labels.index)
+    if len(missing):
+        raise GeneratorError(f"{len(missing)} images have no labels, e.g. {missing[0]!r}")
+    return labels.loc[ids, list(LABELS)].to_numpy(np.float32)
+
+
+class EpochSync(keras.callbacks.Callback):
+    """Tell generators the epoch at its start, so a resumed run continues the sequence.
+
+    ``BackupAndRestore`` restores only the epoch number; the generator's order and
+    augmentation follow from it. Runs before Keras starts the epoch's workers. Serves
+    any generator with ``set_epoch``: :class:`DataGenerator` and :class:`SeriesGenerator`.
+    """
+
+    def __init__(self, *generators: DataGenerator | SeriesGenerator) -> None:
+        super().__init__()
+        self.generators = generators
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        for generator in self.generators:
+            generator.set_epoch(epoch)
+
+
+def as_tf_dataset(
+    generator: DataGenerator, *, epochs: int = 1, start_epoch: int = 0, parallel: int | None = None
+):
+    """The generator's batches as a prefetched ``tf.data.Dataset``, epoch after epoch.
+
+    Batches are loaded by ``tf.numpy_function`` on tf.data's threads (OpenCV and NumPy
+    copies release the GIL) and come out in the same order, with the same content, as
+    ``generator.load_batch(i, epoch=e)``. Use ``steps_per_epoch=len(generator)`` in fit.
+    Distribute it with ``strategy.experimental_distribute_dataset``.
+    """
+    import tensorflow as tf
+
+    n = len(generator)
+    autotune = tf.data.AUTOTUNE
+    shape = (None, *generator._shape)
+    x_type = tf.uint8 if generator.dtype == "uint8" else tf.float32
+
+    def load(step):
+        epoch, index = divmod(int(step), n)
+        return generator.load_batch(index, epoch=epoch)
+
+    def fetch(step):
+        if generator.to_fit:
+            x, y = tf.numpy_function(load, [step], (x_type, tf.float32))
+            return tf.ensure_shape(x, shape), tf.ensure_shape(y, (None, len(LABELS)))
+        x = tf.numpy_function(load, [step], x_type)
+        return tf.ensure_shape(x, shape)
+
+    steps = tf.data.Dataset.range(start_epoch * n, (start_epoch + epochs) * n)
+    dataset = steps.map(fetch, num_parallel_calls=parallel or autotune, deterministic=True)
+    return dataset.prefetch(autotune)
+
+
+class SeriesGenerator(keras.utils.PyDataset):
+    """Batches of whole series for stage 2, padded to the longest in the batch and masked.
+
+    Returns ``({"slices": x, "mask": m}, y, m)`` for training (the mask doubles as the
+    sample weight, so padded steps carry no loss) and ``{"slices": x, "mask": m}`` for
+    prediction; x is (batch, steps, features), m is (batch, steps). Series are shuffled
+    per epoch from ``(seed, epoch)`` as :class:`DataGenerator` shuffles images;
+    `reverse` feeds every series back to front; `jitter` distorts each series' inputs
+    (:func:`rsna.data.series.distort`), drawn from ``(seed, epoch, index)``.
+    """
+
+    def __init__(
+        self,
+        series: Series,
+        labels: pd.DataFrame | None = None,
+        *,
+        batch_size: int = 8,
+        shuffle: bool = False,
+        seed: int = 0,
+        reverse: bool = False,
+        jitter: float = 0.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.series, self.uids, self.labels = series, sorted(series), labels
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.reverse, self.jitter = reverse, jitter
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.uids) / self.batch_size)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def batch_uids(self, index: int, *, epoch: int) -> list[str]:
+        """The series of batch `index` of `epoch`."""
+        order = epoch_order(len(self.uids), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        return [
+            self.uids[k] for k in order[index * self.batch_size : (index + 1) * self.batch_size]
+        ]
+
+    def __getitem__(self, index: int):
+        uids = self.batch_uids(index, epoch=self.epoch)
+        steps = max(len(self.series[u][0]) for u in uids)
+        width = self.series[uids[0]][1].shape[1]
+        x = np.zeros((len(uids), steps, width), np.float32)
+        mask = np.zeros((len(uids), steps), np.float32)
+        y = np.zeros((len(uids), steps, len(LABELS)), np.float32)
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.jitter else None
+        for b, uid in enumerate(uids):
+            ids, values = self.series[uid]
+            if self.reverse:
+                ids, values = ids[::-1], reversed_series(values)
+            if rng is not None:
+                values = distort(values, rng, self.jitter)
+            x[b, : len(ids)] = values
+            mask[b, : len(ids)] = 1.0
+            if self.labels is not None:
+                y[b, : len(ids)] = self.labels.loc[ids, list(LABELS)].to_numpy(np.float32)
+        inputs = {"slices": x, "mask": mask}
+        return (inputs, y, mask) if self.labels is not None else inputs
+
+    def image_order(self) -> list[str]:
+        """Image IDs in the order of the series and their slices."""
+        return [i for uid in self.uids for i in self.series[uid][0]]

@@ -1,0 +1,199 @@
+"""The models: the slice model of stage 1 and the series model of stage 2.
+
+**Slice model.** A backbone of :data:`rsna.backbones.BACKBONES` (a ``keras.applications``
+constructor or a small CNN) and a six-sigmoid head. The input is uint8 (size, size,
+channels), rescaled inside the model, so the data pipeline moves bytes. Each backbone
+then gets the input scaling its pretrained weights expect (the table's ``scaling``),
+built from standard layers (Rescaling, Normalization) so models load with
+``safe_mode=True``.
+
+Weights are never downloaded: ``model.weights`` is None (random init) or a local file.
+A weights file expects 3 input channels; with more (context slices), a learned 1x1
+convolution maps them to 3 first.
+
+Layers named for later stages: ``features`` (the pooled embedding), ``logits`` and
+``probabilities`` (float32 even under mixed precision).
+
+**Series model.** A masked bidirectional GRU over each series' slice inputs, whose
+per-slice correction is added to the stage-1 logits (:func:`build_sequence_model`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import keras
+import numpy as np
+
+from rsna.backbones import BACKBONES
+from rsna.config import Config, ConfigError
+from rsna.data.labels import LABELS
+from rsna.metrics import PRIOR_EPS, logit
+
+__all__ = [
+    "BN_MOMENTUM",
+    "build_model",
+    "build_sequence_model",
+    "dtype_policy",
+    "load_model",
+    "small_cnn",
+]
+
+#: Batch-norm momentum of the small CNN: with few steps per epoch, Keras's 0.99 leaves
+#: the inference statistics far behind the weights, and validation swings wildly.
+BN_MOMENTUM = 0.9
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under a Keras dtype policy, then restore the previous one."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_model(config: Config, *, prior: np.ndarray | None = None) -> keras.Model:
+    """The slice model of `config`, uncompiled.
+
+    Args:
+        config: the experiment config (image size, windows, context, model section).
+        prior: per-label positive rates; the logits' bias starts at their log-odds, so
+            the first epochs do not spend themselves learning the class balance.
+    """
+    channels = config.channels
+    inputs = keras.Input(
+        (config.image.size, config.image.size, channels), dtype="uint8", name="image"
+    )
+    policy = "mixed_float16" if config.model.mixed_precision else "float32"
+    with dtype_policy(policy):
+        x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
+        if BACKBONES[config.model.backbone].constructor:
+            features = _backbone(x, config, channels)
+        else:
+            features = small_cnn(x)
+        features = keras.layers.Activation("linear", dtype="float32", name="features")(features)
+    x = keras.layers.Dropout(config.model.dropout, name="dropout")(features)
+    bias = "zeros" if prior is None else keras.initializers.Constant(logit(prior, eps=PRIOR_EPS))
+    logits = keras.layers.Dense(len(LABELS), bias_initializer=bias, dtype="float32", name="logits")(
+        x
+    )
+    outputs = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(logits)
+    return keras.Model(inputs, outputs, name=f"rsna_{config.model.backbone}")
+
+
+def small_cnn(
+    x: keras.KerasTensor, *, widths: tuple[int, ...] = (16, 32, 64, 128)
+) -> keras.KerasTensor:
+    """A stride-2 stem, then Conv-BN-ReLU blocks with max pooling; average and max pooled.
+
+    The stem's 3x3 kernels see every pixel of the full-resolution input (thin bleeds are
+    a few pixels wide), while everything after it runs at half the size. Max pooling
+    matters: a bleed is small, and averaging over the whole slice dilutes it.
+    """
+    x = keras.layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for i, width in enumerate(widths):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}a")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}a")(x)
+        x = keras.layers.ReLU(name=f"relu{i}a")(x)
+        if i > 0:  # a second convolution once the maps are small enough to be cheap
+            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}b")(x)
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}b")(x)
+            x = keras.layers.ReLU(name=f"relu{i}b")(x)
+        if i < len(widths) - 1:
+            x = keras.layers.MaxPooling2D(name=f"pool{i}")(x)
+    average = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    peak = keras.layers.GlobalMaxPooling2D(name="gmp")(x)
+    return keras.layers.Concatenate(name="pooled")([average, peak])
+
+
+def _backbone(x: keras.KerasTensor, config: Config, channels: int) -> keras.KerasTensor:
+    backbone = BACKBONES[config.model.backbone]
+    name, weights = backbone.name, config.model.weights
+    if weights is not None and channels != 3:
+        x = keras.layers.Conv2D(3, 1, name="channel_adapter")(x)
+        channels = 3
+    x = _input_scaling(x, backbone.scaling, channels)
+    constructor = getattr(keras.applications, backbone.constructor)
+    with warnings.catch_warnings():  # more than 3 channels is the point of context slices
+        warnings.filterwarnings(
+            "ignore", message="This model usually expects 1 or 3 input channels"
+        )
+        try:
+            backbone = constructor(
+                include_top=False,
+                weights=str(weights) if weights is not None else None,
+                input_shape=(config.image.size, config.image.size, channels),
+                pooling="avg",
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"`model.backbone`={name!r} cannot be built for this input: {exc}"
+            ) from exc
+    return backbone(x)
+
+
+def _input_scaling(x: keras.KerasTensor, family: str, channels: int) -> keras.KerasTensor:
+    """From x in [0, 1] to the scaling `family` of :mod:`rsna.backbones`."""
+    mean = _IMAGENET_MEAN if channels == 3 else np.full(channels, _IMAGENET_MEAN.mean())
+    std = _IMAGENET_STD if channels == 3 else np.full(channels, _IMAGENET_STD.mean())
+    if family == "unit":
+        return x
+    if family == "raw":
+        return keras.layers.Rescaling(255.0, name="to_255")(x)
+    if family == "tf":
+        return keras.layers.Rescaling(2.0, offset=-1.0, name="to_pm1")(x)
+    if family == "torch":
+        return keras.layers.Normalization(mean=mean, variance=std**2, name="imagenet_norm")(x)
+    x = keras.layers.Rescaling(255.0, name="to_255")(x)  # caffe: 0-255 minus the mean
+    return keras.layers.Normalization(
+        mean=mean * 255.0, variance=np.ones(channels), name="imagenet_mean"
+    )(x)
+
+
+def build_sequence_model(config: Config, width: int) -> keras.Model:
+    """Masked BiGRU over (steps, width) slice inputs; six sigmoids per slice.
+
+    When the inputs include stage-1 logits, the output logits are those plus a learned
+    correction.
+    """
+    slices = keras.Input((None, width), name="slices")
+    mask = keras.Input((None,), name="mask")
+    boolean = keras.ops.cast(mask, "bool")
+    x = keras.layers.Dense(config.sequence.units, activation="relu", name="project")(slices)
+    x = keras.layers.Dropout(config.sequence.dropout)(x)
+    x = keras.layers.Bidirectional(
+        keras.layers.GRU(config.sequence.units, return_sequences=True), name="bigru"
+    )(x, mask=boolean)
+    x = keras.layers.Dropout(config.sequence.dropout)(x)
+    correction = keras.layers.Dense(len(LABELS), kernel_initializer="zeros", name="correction")(x)
+    if "logits" in config.sequence.inputs:
+        # The first six inputs are the stage-1 logits; a frozen selection matrix passes them
+        # through (a standard layer, so the model loads in safe mode; a Lambda would not).
+        select = np.zeros((width, len(LABELS)), np.float32)
+        select[np.arange(len(LABELS)), np.arange(len(LABELS))] = 1.0
+        stage1 = keras.layers.Dense(
+            len(LABELS),
+            use_bias=False,
+            trainable=False,
+            kernel_initializer=keras.initializers.Constant(select),
+            name="stage1_logits",
+        )(slices)
+        logits = keras.layers.Add(name="logits")([stage1, correction])
+    else:
+        logits = correction
+    outputs = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(logits)
+    return keras.Model({"slices": slices, "mask": mask}, outputs, name="rsna_sequence")
+
+
+def load_model(path) -> keras.Model:
+    """Load a saved slice model for prediction, with ``safe_mode=True`` (no code runs)."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

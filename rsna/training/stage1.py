@@ -1,0 +1,202 @@
+"""Stage 1, the slice model: train a fold, predict its OOF images, predict the test set.
+
+* Training goes through the shared fold skeleton (:func:`rsna.training.fold.run_fold`):
+  the slice model of :func:`~rsna.training.models.build_model`, cosine decay with linear
+  warm-up, and the resumable fit.
+* Test-time augmentation averages **probabilities** over the views in ``predict.tta``
+  (``none``, ``hflip``), for the OOF predictions and the test set alike.
+* The test set is predicted by every fold's ``best.keras`` (loaded with
+  ``safe_mode=True``) and combined by :func:`rsna.predictions.assemble`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from rsna import runs
+from rsna.config import Config
+from rsna.data.labels import LABELS
+from rsna.predictions import (
+    PredictError,
+    PredictResult,
+    assemble,
+    test_images,
+    with_prior,
+    write_predictions,
+)
+from rsna.training.fold import (
+    FoldResult,
+    FoldSplit,
+    compile_fold_model,
+    cosine_decay,
+    finish_fold,
+    fit_fold,
+    run_fold,
+)
+from rsna.training.generator import DataGenerator
+from rsna.training.models import build_model, load_model
+from rsna.training.strategy import choose_strategy
+
+__all__ = ["fold_models", "predict_images", "predict_test", "predict_views", "train_fold"]
+
+
+def train_fold(
+    config: Config,
+    fold: int,
+    *,
+    strategy=None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    force: bool = False,
+    verbose: int | str = "auto",
+) -> FoldResult:
+    """Train the slice model of one fold (resuming if it was interrupted) and write its outputs.
+
+    Raises:
+        rsna.training.fold.TrainError: no folds file, or `fold` is not one of its folds.
+    """
+
+    def train(split: FoldSplit, fold_dir) -> FoldResult:
+        start = time.perf_counter()
+        train_gen = _generator(config, split.train_ids, split.labels, train=True)
+        valid_gen = _generator(config, split.valid_ids, split.labels, train=False)
+        with (strategy or choose_strategy()).scope():
+            model = compile_fold_model(
+                build_model(config, prior=split.prior),
+                learning_rate=_schedule(config, len(train_gen)),
+                label_weights=config.train.label_weights,
+            )
+        best = fit_fold(
+            model,
+            train_gen,
+            valid_gen,
+            fold_dir=fold_dir,
+            epochs=config.train.epochs,
+            patience=config.train.patience,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        probs, unreadable = predict_images(best, split.valid_ids, config)
+        index = pd.Index(split.valid_ids, name="image_id")
+        oof = with_prior(
+            pd.DataFrame(probs, index=index, columns=list(LABELS)), unreadable, split.prior
+        )
+        return finish_fold(
+            split,
+            fold_dir,
+            oof,
+            title=f"{config.name}, fold {split.fold}",
+            started=start,
+            extra={"train_images": len(train_gen.image_ids), "unreadable_given_prior": unreadable},
+        )
+
+    return run_fold(config, fold, stage=1, train=train, force=force)
+
+
+def _schedule(config: Config, steps_per_epoch: int):
+    """The learning rate of `config`: constant, or cosine decay with linear warm-up."""
+    lr = config.train.learning_rate
+    if config.train.schedule == "constant":
+        return lr
+    return cosine_decay(
+        lr,
+        decay_steps=(config.train.epochs - config.train.warmup_epochs) * steps_per_epoch,
+        alpha=config.train.min_learning_rate / lr,
+        warmup_steps=config.train.warmup_epochs * steps_per_epoch,
+    )
+
+
+def _generator(
+    config: Config, ids: list[str], labels: pd.DataFrame, *, train: bool
+) -> DataGenerator:
+    return DataGenerator.from_config(
+        config,
+        ids,
+        labels,
+        batch_size=config.train.batch_size,
+        shuffle=train,
+        augment=config.augment if (train and config.train.augment) else None,
+        seed=config.train.seed,
+        workers=config.train.workers,
+        use_multiprocessing=config.train.workers > 1,
+    )
+
+
+def predict_views(
+    model: keras.Model, image_ids: list[str], config: Config
+) -> tuple[list, list[str]]:
+    """The model's output for each TTA view of ``predict.tta``, and the unreadable IDs."""
+    views, unreadable = [], []
+    for view in config.predict.tta:
+        gen = DataGenerator.from_config(
+            config,
+            image_ids,
+            batch_size=config.predict.batch_size,
+            to_fit=False,
+            hflip=view == "hflip",
+        )
+        views.append(model.predict(gen, verbose=0))
+        unreadable = sorted(set(gen.unreadable))
+    return views, unreadable
+
+
+def predict_images(
+    model: keras.Model, image_ids: list[str], config: Config
+) -> tuple[np.ndarray, list[str]]:
+    """Probabilities (n, 6) averaged over the TTA views, and the unreadable IDs."""
+    views, unreadable = predict_views(model, image_ids, config)
+    return np.mean(views, axis=0, dtype=np.float64), unreadable
+
+
+def fold_models(config: Config, *, stage: int = 1) -> dict[int, Path]:
+    """Fold number -> the best checkpoint of every trained fold of `stage`, in fold order.
+
+    Raises:
+        PredictError: no fold has been trained.
+    """
+    folds = runs.fold_dirs(config.stage_dir(stage), holding=runs.BEST_MODEL)
+    if not folds:
+        raise PredictError(
+            f"{config.stage_dir(stage)}: no trained fold ({runs.BEST_MODEL}); "
+            f"run `rsna train{'' if stage == 1 else ' --stage 2'}` first"
+        )
+    return {k: folder / runs.BEST_MODEL for k, folder in folds.items()}
+
+
+def predict_test(config: Config, *, write: bool = True) -> PredictResult:
+    """Predict the sample submission's images with every fold's slice model; write the submission.
+
+    Raises:
+        PredictError: no trained folds, or no sample submission.
+        rsna.submission.SubmissionError: the result would be invalid (nothing written).
+    """
+    start = time.perf_counter()
+    test = test_images(config.data.work_dir)
+    per_fold, unreadable = [], []
+    models = fold_models(config)
+    for path in models.values():
+        probs, unreadable = predict_images(load_model(path), test.present, config)
+        per_fold.append(probs)
+        keras.backend.clear_session()
+    predictions = assemble(test, per_fold, how=config.predict.ensemble, unreadable=unreadable)
+    report = {
+        "images": len(test.images),
+        "folds": [path.parent.name for path in models.values()],
+        "tta": list(config.predict.tta),
+        "ensemble": config.predict.ensemble,
+        "unreadable_given_prior": sorted(unreadable),
+        "missing_files_given_prior": test.missing,
+        "prior": dict(zip(LABELS, test.prior.tolist(), strict=True)),
+        "mean_prediction": predictions.mean().to_dict(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if not write:
+        return PredictResult(predictions, config.run_dir / runs.SUBMISSION, report)
+    return write_predictions(
+        predictions, test, config.run_dir, clip=config.predict.clip, report=report
+    )

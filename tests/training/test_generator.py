@@ -1,0 +1,251 @@
+"""rsna.training.generator: every point of the DataGenerator contract."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+from harness import TINY_SPEC
+from rsna.data.cache import CacheError, ImageCache, cache_dir
+from rsna.data.folds import read_folds
+from rsna.data.labels import LABELS
+from rsna.data.metadata import read_metadata, read_prepared_labels
+from rsna.errors import DataWarning
+from rsna.training.generator import DataGenerator, EpochSync, GeneratorError, as_tf_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tiny_work):
+    meta = read_metadata(tiny_work)
+    labels = read_prepared_labels(tiny_work)
+    folds = read_folds(tiny_work / "folds.csv")
+    readable = meta.index[meta["readable"]]
+    return {
+        "work": tiny_work,
+        "cache": cache_dir(tiny_work, TINY_SPEC),
+        "meta": meta,
+        "labels": labels,
+        "train": [i for i in folds.index[folds != 0] if i in readable],
+        "test": meta.index[(meta["split"] == "test") & meta["readable"]].tolist(),
+    }
+
+
+def make(data, ids=None, **kwargs) -> DataGenerator:
+    options = {"cache": data["cache"], "size": 32, "batch_size": 7, "seed": 0}
+    options.update(kwargs)
+    labels = data["labels"] if options.get("to_fit", True) else None
+    return DataGenerator(data["train"] if ids is None else ids, labels, **options)
+
+
+def all_batches(gen: DataGenerator, epoch: int = 0) -> list:
+    return [gen.load_batch(i, epoch=epoch) for i in range(len(gen))]
+
+
+def test_len_and_last_batch_is_exactly_the_remainder(data):
+    gen = make(data)
+    n = len(data["train"])
+    assert len(gen) == math.ceil(n / 7) and n % 7 != 0
+    sizes = [x.shape[0] for x, _ in all_batches(gen)]
+    assert sizes == [7] * (len(gen) - 1) + [n % 7]
+    with pytest.raises(IndexError):
+        gen[len(gen)]
+
+
+def test_to_fit_gives_float32_targets_in_label_order(data):
+    gen = make(data)
+    x, y = gen[0]
+    assert x.dtype == np.uint8 and x.shape == (7, 32, 32, 3)
+    assert y.dtype == np.float32 and y.shape == (7, 6)
+    np.testing.assert_array_equal(
+        y, data["labels"].loc[gen.image_ids[:7], list(LABELS)].to_numpy(np.float32)
+    )
+    cache = ImageCache(data["cache"])
+    np.testing.assert_array_equal(x[3], cache.read(gen.image_ids[3]))
+    xf, _ = make(data, dtype="float32")[0]
+    assert xf.dtype == np.float32 and np.allclose(xf, x / 255.0)
+
+
+def test_predict_mode_keeps_the_order_of_image_ids(data):
+    ids = list(reversed(data["test"]))
+    gen = make(data, ids, to_fit=False, batch_size=5)
+    x = np.concatenate(all_batches(gen))
+    assert isinstance(gen[0], np.ndarray)  # x alone, not a list
+    assert x.shape[0] == len(ids)
+    cache = ImageCache(data["cache"])
+    for k in (0, 3, len(ids) - 1):
+        np.testing.assert_array_equal(x[k], cache.read(ids[k]))
+
+
+def test_shuffle_gives_a_new_order_every_epoch_and_the_same_sequence_per_seed(data):
+    gen = make(data, shuffle=True)
+    orders = [gen.order(e) for e in range(3)]
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    assert all(sorted(o) == list(range(len(gen.image_ids))) for o in orders)
+    again = make(data, shuffle=True)
+    assert all(np.array_equal(again.order(e), orders[e]) for e in range(3))
+    assert not np.array_equal(make(data, shuffle=True, seed=1).order(0), orders[0])
+    first = gen[0][1]
+    gen.on_epoch_end()
+    assert gen.epoch == 1 and not np.array_equal(gen[0][1], first)
+    np.testing.assert_array_equal(make(data, shuffle=False).order(5), np.arange(len(gen.image_ids)))
+
+
+def test_augmentation_only_when_asked_seeded_by_epoch_and_index(data):
+    plain = make(data)
+    aug = make(data, augment=True)
+    assert np.array_equal(plain[0][0], make(data, augment=None)[0][0])
+    a0 = aug.load_batch(0, epoch=0)[0]
+    assert not np.array_equal(a0, plain[0][0])
+    np.testing.assert_array_equal(a0, make(data, augment=True).load_batch(0, epoch=0)[0])
+    assert not np.array_equal(a0, aug.load_batch(0, epoch=1)[0])
+    assert not np.array_equal(a0[:2], aug.load_batch(1, epoch=0)[0][:2])
+
+
+def test_context_stacks_neighbours_by_z_and_repeats_the_edges(data):
+    meta = data["meta"]
+    series = meta[meta["readable"] & (meta["split"] == "test")].groupby("series_uid")
+    uid, rows = next((u, r) for u, r in series if len(r) == r["series_length"].iloc[0])
+    rows = rows.sort_values("slice_index")
+    ids = rows.index.tolist()
+    gen = make(data, ids, to_fit=False, context=1, batch_size=len(ids))
+    x = gen[0]
+    assert x.shape == (len(ids), 32, 32, 9) and gen.channels == 9
+    cache = ImageCache(data["cache"])
+    images = [cache.read(i) for i in ids]
+    np.testing.assert_array_equal(x[2], np.concatenate([images[1], images[2], images[3]], axis=-1))
+    np.testing.assert_array_equal(x[0], np.concatenate([images[0], images[0], images[1]], axis=-1))
+    np.testing.assert_array_equal(
+        x[-1], np.concatenate([images[-2], images[-1], images[-1]], axis=-1)
+    )
+
+
+def test_unreadable_images_are_skipped_in_training_and_zeros_in_prediction(data, tiny_competition):
+    corrupt_train = tiny_competition.manifest["corrupt"]["train"][0]
+    corrupt_test = tiny_competition.manifest["corrupt"]["test"][0]
+    with pytest.warns(
+        DataWarning, match=f"training skips 1 unreadable images, e.g. {corrupt_train}"
+    ):
+        gen = make(data, [*data["train"][:5], corrupt_train])
+    assert gen.skipped == [corrupt_train] and corrupt_train not in gen.image_ids
+    assert gen[0][0].shape[0] == 5
+    pred = make(data, [data["test"][0], corrupt_test], to_fit=False)
+    assert pred.unreadable == [corrupt_test]
+    x = pred[0]
+    assert x.shape[0] == 2 and not x[1].any() and x[0].any()
+
+
+def test_a_read_that_fails_later_drops_the_row_or_gives_zeros(data, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(data["work"], work, ignore=shutil.ignore_patterns("cache"))
+    data_dir = tmp_path / "data"
+    (tmp_path / "data").mkdir()
+    import json
+
+    manifest = json.loads((work / "prepare.json").read_text())
+    shutil.copytree(manifest["data_dir"], data_dir, dirs_exist_ok=True)
+    manifest["data_dir"] = str(data_dir)
+    (work / "prepare.json").write_text(json.dumps(manifest))
+    victim = data["train"][1]
+    path = data_dir / data["meta"].at[victim, "file"]
+    path.write_bytes(path.read_bytes()[:200])  # broken after prepare ran
+    gen = DataGenerator(data["train"][:4], data["labels"], work_dir=work, size=32, batch_size=4)
+    with pytest.warns(DataWarning, match=f"skipping {victim} in training"):
+        x, y = gen[0]
+    assert x.shape[0] == 3 and y.shape == (3, 6) and gen.failed == [victim]
+    np.testing.assert_array_equal(
+        y, data["labels"].loc[[i for i in data["train"][:4] if i != victim]].to_numpy(np.float32)
+    )
+    pred = DataGenerator(data["train"][:4], work_dir=work, size=32, batch_size=4, to_fit=False)
+    with pytest.warns(DataWarning, match=f"predicting {victim} from zeros"):
+        x = pred[0]
+    assert x.shape[0] == 4 and not x[1].any() and pred.unreadable == [victim]
+
+
+def test_pickles_and_gives_the_same_batches(data):
+    gen = make(data, shuffle=True, augment=True, context=1)
+    gen.set_epoch(2)
+    back = pickle.loads(pickle.dumps(gen))
+    for i in (0, len(gen) - 1):
+        a, b = gen[i], back[i]
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_samples_of_the_main_process(data):
+    reference = make(data, shuffle=True, augment=True, context=1)
+    expected = all_batches(reference, epoch=0) + all_batches(reference, epoch=1)
+    gen = make(data, shuffle=True, augment=True, context=1, workers=2, use_multiprocessing=True)
+    adapter = PyDatasetAdapter(gen, shuffle=False)
+    got = []
+    for _ in range(2):
+        adapter.on_epoch_begin()
+        got.extend(adapter.get_numpy_iterator())
+        adapter.on_epoch_end()
+    assert len(got) == len(expected)
+    for (xa, ya), (xb, yb) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_dicom_source_equals_cache_source(data):
+    from_cache = make(data, shuffle=True, context=1)
+    from_dicom = make(data, shuffle=True, context=1, cache=None, work_dir=data["work"])
+    for i in (0, 2):
+        np.testing.assert_array_equal(from_cache[i][0], from_dicom[i][0])
+
+
+def test_tf_dataset_gives_the_same_batches(data):
+    gen = make(data, shuffle=True, augment=True)
+    dataset = as_tf_dataset(gen, epochs=2)
+    batches = [(x.numpy(), y.numpy()) for x, y in dataset]
+    expected = all_batches(gen, 0) + all_batches(gen, 1)
+    assert len(batches) == 2 * len(gen)
+    for (xa, ya), (xb, yb) in zip(batches, expected, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    pred = as_tf_dataset(make(data, data["test"], to_fit=False))
+    np.testing.assert_array_equal(
+        next(iter(pred)).numpy(), make(data, data["test"], to_fit=False)[0]
+    )
+
+
+def test_epoch_sync_sets_the_epoch_for_a_resumed_run(data):
+    gen = make(data, shuffle=True)
+    EpochSync(gen).on_epoch_begin(4)
+    np.testing.assert_array_equal(gen[0][1], gen.load_batch(0, epoch=4)[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"batch_size": 0},
+            GeneratorError,
+            "`batch_size` must be a positive integer. Received: batch_size=0",
+        ),
+        ({"dtype": "float16"}, GeneratorError, "`dtype` must be 'uint8' or 'float32'"),
+        ({"size": 64}, CacheError, "holds images made with size=32.*asked for size=64"),
+        ({"cache": None}, GeneratorError, "pass `work_dir`"),
+        ({"context": -1}, ValueError, "`context` must be a non-negative integer"),
+    ],
+)
+def test_bad_options(data, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make(data, **kwargs)
+
+
+def test_bad_ids_and_labels(data):
+    with pytest.raises(GeneratorError, match="1 image IDs are not in the source, e.g. 'ID_nope'"):
+        make(data, [data["train"][0], "ID_nope"])
+    with pytest.raises(GeneratorError, match="`image_ids` is empty"):
+        make(data, [])
+    with pytest.raises(GeneratorError, match="`labels` is required when to_fit=True"):
+        DataGenerator(data["train"], None, cache=data["cache"], size=32)
+    with pytest.raises(GeneratorError, match="have no labels"):
+        DataGenerator(data["test"][:3], data["labels"], cache=data["cache"], size=32)

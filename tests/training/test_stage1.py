@@ -1,0 +1,189 @@
+"""rsna.training.stage1 and the fold machinery end to end on a tiny synthetic competition (slow)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from interrupts import Interrupt, RecordEpochs, StopAfterFirstEpoch
+
+from harness import tiny_experiment
+from rsna.data.folds import read_folds
+from rsna.data.labels import LABELS
+from rsna.data.metadata import read_prepared_labels
+from rsna.errors import DataWarning
+from rsna.evaluate import evaluate
+from rsna.runs import read_history
+from rsna.submission import validate_submission
+from rsna.training.fold import FoldState, TrainError
+from rsna.training.runner import train as train_folds
+from rsna.training.stage1 import predict_test, train_fold
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(work, out, **train):
+    return tiny_experiment(
+        work,
+        out,
+        name="tiny",
+        image={"context": 1},
+        train={"epochs": 2, "patience": 5, **train},
+        predict={"tta": ["none", "hflip"]},
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_work, tmp_path_factory):
+    config = tiny_config(tiny_work, tmp_path_factory.mktemp("run"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        results = train_folds(config, verbose=0)
+    return config, results
+
+
+def test_fold_outputs(trained, tiny_work):
+    config, results = trained
+    folds = read_folds(tiny_work / "folds.csv")
+    assert [r.fold for r in results] == sorted(folds.unique())
+    for result in results:
+        fold_dir = config.fold_dir(result.fold)
+        for name in (
+            "best.keras",
+            "state.json",
+            "history.csv",
+            "oof.csv",
+            "curves.png",
+            "summary.json",
+        ):
+            assert (fold_dir / name).exists(), name
+        assert not (fold_dir / "backup").exists()  # BackupAndRestore cleans up after a finished fit
+        oof = pd.read_csv(fold_dir / "oof.csv", index_col="image_id")
+        assert sorted(oof.index) == sorted(
+            folds.index[folds == result.fold]
+        )  # every image, unreadable too
+        assert (
+            list(oof.columns) == list(LABELS)
+            and oof.notna().all().all()
+            and ((oof > 0) & (oof < 1)).all().all()
+        )
+        assert len(read_history(fold_dir / "history.csv")) == 2
+    assert (config.run_dir / "config.toml").exists()
+
+
+def test_a_finished_fold_is_skipped(trained, capsys):
+    config, results = trained
+    again = train_fold(config, results[0].fold)
+    assert again.summary == results[0].summary
+    assert "already trained" in capsys.readouterr().out
+
+
+def test_evaluate_and_predict(trained, tiny_work, tiny_competition):
+    config, _ = trained
+    evaluation = evaluate(config.run_dir, tiny_work)
+    labels = read_prepared_labels(tiny_work)
+    assert len(evaluation.oof) == len(labels)
+    assert set(evaluation.scores.index) == {*LABELS, "weighted"}
+    for name in ("oof.csv", "evaluate.json", "roc_pr.png"):
+        assert (config.run_dir / name).exists()
+    result = predict_test(config)
+    corrupt = tiny_competition.manifest["corrupt"]["test"]
+    assert result.report["unreadable_given_prior"] == corrupt
+    prior = labels[list(LABELS)].mean().to_numpy()
+    np.testing.assert_allclose(result.predictions.loc[corrupt[0]].to_numpy(), prior)
+    frame = validate_submission(
+        result.submission, tiny_competition.root / "stage_2_sample_submission.csv"
+    )
+    assert len(frame) == 6 * tiny_competition.manifest["images"]["test"]
+    assert json.loads((config.run_dir / "predict_report.json").read_text())["folds"] == [
+        "fold_0",
+        "fold_1",
+        "fold_2",
+    ]
+
+
+def test_an_interrupted_fold_resumes_at_the_next_epoch(tiny_work, tmp_path):
+    config = tiny_config(tiny_work, tmp_path / "run", epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        with pytest.raises(Interrupt, match="killed after epoch 0"):
+            train_fold(config, 0, verbose=0, callbacks=[StopAfterFirstEpoch()])
+        fold_dir = config.fold_dir(0)
+        assert (fold_dir / "backup").exists() and FoldState.load(fold_dir)["last_epoch"] == 0
+        assert not (fold_dir / "summary.json").exists()
+        recorder = RecordEpochs()
+        result = train_fold(config, 0, verbose=0, callbacks=[recorder])
+    assert recorder.epochs == [1, 2]  # continued, did not start over
+    history = pd.read_csv(fold_dir / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert result.summary["epochs_run"] == 3
+
+
+def test_unknown_fold(trained):
+    config, _ = trained
+    with pytest.raises(TrainError, match="`fold` must be one of \\[0, 1, 2\\]. Received: fold=7"):
+        train_fold(config, 7, force=True)
+
+
+MIRRORED = """
+import sys, warnings
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np
+from rsna.config import config_from_dict
+from rsna.training.models import build_model
+from rsna.training.losses import WeightedBCE, WeightedLogLoss
+from rsna.training.strategy import choose_strategy
+strategy = choose_strategy("mirrored")
+config = config_from_dict({"image": {"size": 32, "context": 0}, "model": {"backbone": "small_cnn"}})
+with strategy.scope():
+    model = build_model(config)
+    model.compile(optimizer="adam", loss=WeightedBCE(), metrics=[WeightedLogLoss()])
+x = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+y = (np.random.default_rng(1).random((8, 6)) < 0.3).astype("float32")
+before = model.get_layer("logits").get_weights()[0].copy()
+history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+after = model.get_layer("logits").get_weights()[0]
+print("replicas", strategy.num_replicas_in_sync, "changed", bool(np.abs(after - before).max() > 0), "loss", history.history["loss"][0])
+"""
+
+
+def test_mirrored_strategy_over_two_logical_cpus_trains_a_step():
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("replicas 2 changed True loss"), line
+
+
+def test_cli_train_evaluate_predict_validate(tiny_work, tiny_competition, tmp_path, capsys):
+    from rsna.cli import main
+
+    path = tmp_path / "exp.toml"
+    path.write_text(
+        f'name = "cli"\n[data]\nwork_dir = "{tiny_work}"\nout_dir = "{tmp_path / "run"}"\n'
+        '[image]\nsize = 32\ncontext = 0\n[model]\nbackbone = "small_cnn"\n'
+        '[train]\nepochs = 1\nwarmup_epochs = 0\nbatch_size = 16\n[predict]\ntta = ["none"]\n'
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        assert main(["train", str(path), "--fold", "1", "--set", "train.seed=3"]) == 0
+        assert "fold 1: OOF weighted log loss" in capsys.readouterr().out
+        assert main(["evaluate", str(tmp_path / "run")]) == 0
+        out = capsys.readouterr().out
+        assert "weighted" in out and "CV weighted log loss" in out and "prior" in out
+        assert main(["predict", str(path)]) == 0
+        assert "unreadable given prior" in capsys.readouterr().out
+    submission = tmp_path / "run" / "submission.csv"
+    assert main(["validate", str(submission), "--data-dir", str(tiny_competition.root)]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["train", str(path), "--set", "train.epochs=0"]) == 2
+    assert "`train.epochs` must be positive" in capsys.readouterr().err
+    assert main(["predict", str(path), "--stage", "2"]) == 2

@@ -1,0 +1,197 @@
+"""Stage 2 (embeddings, series inputs, the series model): masking, z order in and image order
+out, no leak, resume, the pipeline (slow)."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from interrupts import Interrupt, RecordEpochs, StopAfterFirstEpoch
+
+from harness import tiny_experiment
+from rsna.data.folds import read_folds
+from rsna.data.labels import LABELS
+from rsna.data.metadata import read_metadata, read_prepared_labels
+from rsna.data.series import build_series, read_embeddings, slice_inputs
+from rsna.errors import DataWarning
+from rsna.evaluate import evaluate
+from rsna.metrics import PRIOR_EPS, logit
+from rsna.runs import EMBED_OOF, EMBED_TEST
+from rsna.submission import validate_submission
+from rsna.training.embed import embed_folds, embed_images
+from rsna.training.generator import DataGenerator, SeriesGenerator
+from rsna.training.models import build_sequence_model, load_model
+from rsna.training.runner import train as train_folds
+from rsna.training.stage2 import predict_frame
+from rsna.training.stage2 import predict_test as predict_sequence_test
+from rsna.training.stage2 import train_fold as train_sequence_fold
+
+pytestmark = pytest.mark.slow
+
+
+def config_for(work, out, **sequence):
+    return tiny_experiment(
+        work,
+        out,
+        name="seq",
+        image={"context": 0},
+        train={"epochs": 1},
+        predict={"tta": ["none"]},
+        sequence={"units": 8, "epochs": 2, "batch_size": 4, **sequence},
+    )
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_work, tmp_path_factory):
+    config = config_for(tiny_work, tmp_path_factory.mktemp("seq-run"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        train_folds(config, verbose=0)
+        embed_folds(config)
+    return config
+
+
+def test_embeddings_of_an_image_come_only_from_the_model_that_did_not_train_on_it(
+    stage1, tiny_work
+):
+    folds = read_folds(tiny_work / "folds.csv")
+    seen = []
+    for k in sorted(folds.unique()):
+        embedded = read_embeddings(stage1.fold_dir(int(k)) / EMBED_OOF)
+        assert sorted(embedded.index) == sorted(
+            folds.index[folds == k]
+        )  # fold k's own images, no others
+        assert (
+            embedded.filter(like="logit_").shape[1] == 6
+            and embedded.filter(like="feature_").shape[1] > 6
+        )
+        seen += list(embedded.index)
+        test = read_embeddings(stage1.fold_dir(int(k)) / EMBED_TEST)
+        assert not set(test.index) & set(folds.index)
+    assert sorted(seen) == sorted(folds.index) and len(seen) == len(set(seen))
+
+
+def test_series_are_in_z_order_and_predictions_come_back_by_image(stage1, tiny_work):
+    meta = read_metadata(tiny_work)
+    prior = read_prepared_labels(tiny_work)[list(LABELS)].mean().to_numpy()
+    frame = slice_inputs(
+        read_embeddings(stage1.fold_dir(0) / EMBED_OOF),
+        inputs=("logits",),
+        prior_logits=logit(prior, eps=PRIOR_EPS),
+    )
+    series = build_series(frame, meta)
+    for ids, values in series.values():
+        assert (
+            meta.loc[ids, "slice_index"].is_monotonic_increasing
+            and meta.loc[ids, "z"].is_monotonic_increasing
+        )
+        assert values.shape == (len(ids), 18)
+        np.testing.assert_allclose(
+            values[1:, 6:12], values[1:, :6] - values[:-1, :6], atol=1e-6
+        )  # minus previous
+
+    class PassThrough:
+        def predict_on_batch(self, batch):
+            return batch["slices"][..., :6]
+
+    forward = predict_frame(PassThrough(), SeriesGenerator(series, batch_size=3))
+    backward = predict_frame(PassThrough(), SeriesGenerator(series, batch_size=3, reverse=True))
+    assert sorted(forward.index) == sorted(frame.index)
+    np.testing.assert_allclose(
+        forward.loc[frame.index].to_numpy(), frame.iloc[:, :6].to_numpy(), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        backward.loc[frame.index].to_numpy(), frame.iloc[:, :6].to_numpy(), atol=1e-6
+    )
+
+
+def test_padded_steps_do_not_change_the_real_steps(stage1):
+    model = build_sequence_model(stage1, width=18)
+    rng = np.random.default_rng(0)
+    model.get_layer("correction").set_weights(
+        [
+            rng.normal(size=w.shape).astype("float32")
+            for w in model.get_layer("correction").get_weights()
+        ]
+    )
+    series = rng.normal(size=(1, 5, 18)).astype("float32")
+    alone = model.predict({"slices": series, "mask": np.ones((1, 5), "float32")}, verbose=0)
+    padded = np.concatenate([series, rng.normal(size=(1, 4, 18)).astype("float32") * 100], axis=1)
+    mask = np.concatenate([np.ones((1, 5)), np.zeros((1, 4))], axis=1).astype("float32")
+    out = model.predict({"slices": padded, "mask": mask}, verbose=0)
+    np.testing.assert_allclose(out[:, :5], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_stage2_resumes_and_the_pipeline_writes_a_valid_submission(
+    stage1, tiny_work, tiny_competition
+):
+    with pytest.raises(Interrupt):
+        train_sequence_fold(stage1, 0, verbose=0, callbacks=[StopAfterFirstEpoch()])
+    recorder = RecordEpochs()
+    result = train_sequence_fold(stage1, 0, verbose=0, callbacks=[recorder])
+    assert recorder.epochs == [1]
+    assert pd.read_csv(stage1.fold_dir(0, stage=2) / "history.csv")["epoch"].tolist() == [0, 1]
+    assert len(result.oof) == int((read_folds(tiny_work / "folds.csv") == 0).sum())
+    train_folds(stage1, stage=2, verbose=0)
+    evaluation = evaluate(stage1.stage_dir(2), tiny_work)
+    assert evaluation.report["images"] == len(read_prepared_labels(tiny_work))
+    prediction = predict_sequence_test(stage1)
+    assert (
+        prediction.report["unreadable_given_prior"] == tiny_competition.manifest["corrupt"]["test"]
+    )
+    validate_submission(
+        prediction.submission, tiny_competition.root / "stage_2_sample_submission.csv"
+    )
+
+
+def test_cli_evaluates_both_stages_and_predicts_with_stage_2(stage1, capsys):
+    from rsna.cli import main
+
+    train_folds(stage1, stage=2, verbose=0)
+    saved = str(stage1.run_dir / "config.toml")
+    assert main(["evaluate", saved]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1 and stage 2 side by side" in out and "stage 2 / stage 1" in out
+    assert (stage1.run_dir / "stages.png").stat().st_size > 0
+    submission = stage1.stage_dir(2) / "submission.csv"
+    submission.unlink(missing_ok=True)
+    assert main(["predict", saved, "--stage", "2"]) == 0
+    assert "stage 2: predicted" in capsys.readouterr().out
+    assert submission.exists()
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", saved, "--stage", "3"])
+    assert exit_.value.code == 2
+
+
+def test_embeddings_average_the_tta_views(stage1, tiny_work, tmp_path):
+    import dataclasses
+
+    config = dataclasses.replace(
+        stage1, predict=dataclasses.replace(stage1.predict, tta=("none", "hflip"))
+    )
+    model = load_model(stage1.fold_dir(0) / "best.keras")
+    embedder = keras.Model(model.input, [model.get_layer("logits").output] * 2)
+    ids = read_folds(tiny_work / "folds.csv").index[:10].tolist()
+    embed_images(embedder, ids, config, tmp_path / "e.npz")
+    logit_model = keras.Model(model.input, model.get_layer("logits").output)
+    expected = np.mean(
+        [
+            logit_model.predict(
+                DataGenerator.from_config(config, ids, batch_size=4, to_fit=False, hflip=flip),
+                verbose=0,
+            )
+            for flip in (False, True)
+        ],
+        axis=0,
+    )
+    got = read_embeddings(tmp_path / "e.npz")
+    np.testing.assert_allclose(
+        got.filter(like="logit_").to_numpy(), expected, rtol=1e-2, atol=1e-2
+    )  # float16 storage
+    unflipped = logit_model.predict(
+        DataGenerator.from_config(config, ids, batch_size=4, to_fit=False), verbose=0
+    )
+    assert np.abs(unflipped - expected).max() > 1e-3  # the views differ, so the test can fail
