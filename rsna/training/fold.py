@@ -18,8 +18,10 @@ gives the resumed epochs the order and augmentation they would have had; and
 own ``ModelCheckpoint`` and ``EarlyStopping`` would lose, so a worse epoch after a resume
 never overwrites the best file. A finished fold is skipped unless ``force``.
 
-:func:`run_fold` is the skeleton every stage's fold goes through; the stages
-(:mod:`~rsna.training.stage1`, :mod:`~rsna.training.stage2`) give it their model and data.
+:func:`run_fold` is the skeleton every stage's fold goes through: skip a finished fold,
+check and split it, seed, fit, predict the OOF images with the best model, and write the
+outputs. The stages (:mod:`~rsna.training.stage1`, :mod:`~rsna.training.stage2`) give it
+a :class:`FoldPlan`: their model, data and OOF prediction.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from rsna.training.models import load_model
 
 __all__ = [
     "MONITOR",
+    "FoldPlan",
     "FoldResult",
     "FoldSplit",
     "FoldState",
@@ -124,16 +127,46 @@ def split_fold(config: Config, fold: int) -> FoldSplit:
     return FoldSplit(fold, train_ids, valid_ids, labels, prior(labels.loc[train_ids]).to_numpy())
 
 
+@dataclass(frozen=True)
+class FoldPlan:
+    """What a stage trains in one fold, for :func:`run_fold`.
+
+    Attributes:
+        model: the compiled model.
+        train_data: the training generator (it must have ``set_epoch``).
+        valid_data: the validation data.
+        epochs: most epochs to run.
+        patience: epochs without improvement before stopping.
+        predict_oof: the best model -> OOF probabilities of the fold's images, indexed by
+            image ID, and extra fields for ``summary.json``.
+        title: the title of the fold's curves.
+    """
+
+    model: keras.Model
+    train_data: object
+    valid_data: object
+    epochs: int
+    patience: int
+    predict_oof: Callable[[keras.Model], tuple[pd.DataFrame, dict]]
+    title: str
+
+
 def run_fold(
     config: Config,
     fold: int,
     *,
     stage: int,
-    train: Callable[[FoldSplit, Path], FoldResult],
+    plan: Callable[[FoldSplit], FoldPlan],
     force: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
 ) -> FoldResult:
-    """The skeleton of one fold of `stage`: skip it if finished, else check the fold,
-    make its folder, seed, and call ``train(split, fold_dir)``.
+    """Train fold `fold` of `stage` (resuming an interrupted fit) and write its outputs.
+
+    Skips a finished fold unless `force`. Otherwise checks the fold, makes its folder,
+    seeds with ``train.seed + fold``, builds ``plan(split)``, fits it
+    (:func:`fit_fold`), predicts the OOF images with the best model and writes
+    oof.csv, curves.png and summary.json (:func:`finish_fold`).
 
     Raises:
         TrainError: no folds file, or `fold` is not one of its folds (nothing is written).
@@ -146,11 +179,24 @@ def run_fold(
         oof = pd.read_csv(fold_dir / runs.OOF, index_col="image_id")
         print(f"{format_summary(summary)} (already trained; --force retrains)", flush=True)
         return FoldResult(fold, summary, oof)
+    start = time.perf_counter()
     split = split_fold(config, fold)
     fold_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, config.run_dir / runs.CONFIG_FILE)
     keras.utils.set_random_seed(config.train.seed + fold)
-    return train(split, fold_dir)
+    todo = plan(split)
+    best = fit_fold(
+        todo.model,
+        todo.train_data,
+        todo.valid_data,
+        fold_dir=fold_dir,
+        epochs=todo.epochs,
+        patience=todo.patience,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    oof, extra = todo.predict_oof(best)
+    return finish_fold(split, fold_dir, oof, title=todo.title, started=start, extra=extra)
 
 
 class FoldState(keras.callbacks.Callback):

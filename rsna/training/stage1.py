@@ -31,12 +31,11 @@ from rsna.predictions import (
     write_predictions,
 )
 from rsna.training.fold import (
+    FoldPlan,
     FoldResult,
     FoldSplit,
     compile_fold_model,
     cosine_decay,
-    finish_fold,
-    fit_fold,
     run_fold,
 )
 from rsna.training.generator import DataGenerator
@@ -61,8 +60,7 @@ def train_fold(
         rsna.training.fold.TrainError: no folds file, or `fold` is not one of its folds.
     """
 
-    def train(split: FoldSplit, fold_dir) -> FoldResult:
-        start = time.perf_counter()
+    def plan(split: FoldSplit) -> FoldPlan:
         train_gen = _generator(config, split.train_ids, split.labels, train=True)
         valid_gen = _generator(config, split.valid_ids, split.labels, train=False)
         with (strategy or choose_strategy()).scope():
@@ -71,31 +69,27 @@ def train_fold(
                 learning_rate=_schedule(config, len(train_gen)),
                 label_weights=config.train.label_weights,
             )
-        best = fit_fold(
+
+        def predict_oof(best: keras.Model) -> tuple[pd.DataFrame, dict]:
+            probs, unreadable = predict_images(best, split.valid_ids, config)
+            index = pd.Index(split.valid_ids, name="image_id")
+            oof = pd.DataFrame(probs, index=index, columns=list(LABELS))
+            extra = {"train_images": len(train_gen.image_ids), "unreadable_given_prior": unreadable}
+            return with_prior(oof, unreadable, split.prior), extra
+
+        return FoldPlan(
             model,
             train_gen,
             valid_gen,
-            fold_dir=fold_dir,
             epochs=config.train.epochs,
             patience=config.train.patience,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-        probs, unreadable = predict_images(best, split.valid_ids, config)
-        index = pd.Index(split.valid_ids, name="image_id")
-        oof = with_prior(
-            pd.DataFrame(probs, index=index, columns=list(LABELS)), unreadable, split.prior
-        )
-        return finish_fold(
-            split,
-            fold_dir,
-            oof,
+            predict_oof=predict_oof,
             title=f"{config.name}, fold {split.fold}",
-            started=start,
-            extra={"train_images": len(train_gen.image_ids), "unreadable_given_prior": unreadable},
         )
 
-    return run_fold(config, fold, stage=1, train=train, force=force)
+    return run_fold(
+        config, fold, stage=1, plan=plan, force=force, callbacks=callbacks, verbose=verbose
+    )
 
 
 def _schedule(config: Config, steps_per_epoch: int):

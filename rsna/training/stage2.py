@@ -37,13 +37,12 @@ from rsna.predictions import (
 )
 from rsna.training.embed import embed_fold
 from rsna.training.fold import (
+    FoldPlan,
     FoldResult,
     FoldSplit,
     compile_fold_model,
     config_folds,
     cosine_decay,
-    finish_fold,
-    fit_fold,
     fold_numbers,
     run_fold,
 )
@@ -74,10 +73,13 @@ def _fold_series(config: Config, metadata: pd.DataFrame, prior: np.ndarray) -> S
 def train_fold(
     config: Config, fold: int, *, callbacks=(), force: bool = False, verbose="auto", strategy=None
 ) -> FoldResult:
-    """Train stage 2 on the series of every fold but `fold`; validate and predict OOF on it."""
+    """Train stage 2 on the series of every fold but `fold`; validate and predict OOF on it.
 
-    def train(split: FoldSplit, fold_dir) -> FoldResult:
-        start = time.perf_counter()
+    `strategy` is accepted for the runner's sake; the series model is small and trains
+    under the default strategy.
+    """
+
+    def plan(split: FoldSplit) -> FoldPlan:
         series = _fold_series(config, read_metadata(config.data.work_dir), split.prior)
         folds = config_folds(config)
         fold_of = {uid: int(folds[ids[0]]) for uid, (ids, _) in series.items()}
@@ -92,7 +94,6 @@ def train_fold(
             seed=config.train.seed,
             jitter=seq.jitter,
         )
-        valid_gen = SeriesGenerator(valid_series, split.labels, batch_size=seq.batch_size)
         width = next(iter(series.values()))[1].shape[1]
         model = compile_fold_model(
             build_sequence_model(config, width),
@@ -101,26 +102,20 @@ def train_fold(
             ),
             label_weights=config.train.label_weights,
         )
-        best = fit_fold(
+        extra = {"series_train": len(train_series), "series_valid": len(valid_series)}
+        return FoldPlan(
             model,
             train_gen,
-            valid_gen,
-            fold_dir=fold_dir,
+            SeriesGenerator(valid_series, split.labels, batch_size=seq.batch_size),
             epochs=seq.epochs,
             patience=seq.patience,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-        return finish_fold(
-            split,
-            fold_dir,
-            predict_series(best, valid_series, config),
+            predict_oof=lambda best: (predict_series(best, valid_series, config), extra),
             title=f"{config.name} stage 2, fold {split.fold}",
-            started=start,
-            extra={"series_train": len(train_series), "series_valid": len(valid_series)},
         )
 
-    return run_fold(config, fold, stage=2, train=train, force=force)
+    return run_fold(
+        config, fold, stage=2, plan=plan, force=force, callbacks=callbacks, verbose=verbose
+    )
 
 
 def predict_frame(model: keras.Model, gen: SeriesGenerator) -> pd.DataFrame:
