@@ -13,6 +13,7 @@ from rsna.data.labels import LABELS, SHORT
 
 __all__ = [
     "plot_cooccurrence",
+    "plot_label_losses",
     "plot_fold_balance",
     "plot_intercept_fix",
     "plot_label_rates",
@@ -250,22 +251,37 @@ def plot_fold_balance(table):
 # ---------------------------------------------------------------------------- results
 
 
-def plot_scores(scores):
-    """Per-label log loss of the model next to the prior (from rsna.evaluate.evaluate)."""
+def plot_label_losses(table, *, columns: dict[str, str], title: str):
+    """Log loss per label (the rows of `table`) as grouped bars, one bar per column.
+
+    Args:
+        table: rows are labels (and ``weighted``), columns are log losses.
+        columns: the columns to draw, in order, and each one's legend label.
+        title: the figure's title.
+    """
     import numpy as np
 
-    figure = _figure(8, 3.8)
+    figure = _figure(8 + len(columns) / 2, 3.8)
     ax = figure.subplots()
-    names = list(scores.index)
-    positions = np.arange(len(names))
-    ax.bar(positions - 0.2, scores["model"], 0.4, label="model (out-of-fold)")
-    ax.bar(positions + 0.2, scores["prior"], 0.4, label="prior (label mean)")
-    ax.set_xticks(positions, names, rotation=30)
-    ax.set_title("Log loss per label: model against prior")
+    positions = np.arange(len(table.index))
+    width = 0.8 / len(columns)
+    for k, (column, label) in enumerate(columns.items()):
+        ax.bar(positions + (k - (len(columns) - 1) / 2) * width, table[column], width, label=label)
+    ax.set_xticks(positions, list(table.index), rotation=30)
+    ax.set_title(title)
     ax.set_xlabel("label")
     ax.set_ylabel("log loss (lower is better)")
     ax.legend()
     return figure
+
+
+def plot_scores(scores):
+    """Per-label log loss of the model next to the prior (from rsna.evaluate.evaluate)."""
+    return plot_label_losses(
+        scores,
+        columns={"model": "model (out-of-fold)", "prior": "prior (label mean)"},
+        title="Log loss per label: model against prior",
+    )
 
 
 def plot_prediction_distribution(predictions):
@@ -313,17 +329,8 @@ def plot_worst(images, predictions, labels, *, n: int = 8):
 
 def plot_stage_comparison(table):
     """Out-of-fold log loss per label: stage 1, stage 2 and the prior."""
-    import numpy as np
-
-    figure = _figure(9, 3.8)
-    ax = figure.subplots()
-    names = list(table.index)
-    positions = np.arange(len(names))
-    for offset, column in zip((-0.27, 0.0, 0.27), ("stage 1", "stage 2", "prior"), strict=True):
-        ax.bar(positions + offset, table[column], 0.27, label=column)
-    ax.set_xticks(positions, names, rotation=30)
-    ax.set_title("Out-of-fold log loss per label: slice model, series model, prior")
-    ax.set_xlabel("label")
-    ax.set_ylabel("log loss (lower is better)")
-    ax.legend()
-    return figure
+    return plot_label_losses(
+        table,
+        columns={"stage 1": "stage 1", "stage 2": "stage 2", "prior": "prior"},
+        title="Out-of-fold log loss per label: slice model, series model, prior",
+    )
