@@ -170,6 +170,10 @@ def _demo(args: argparse.Namespace) -> None:
 CONFIG_HELP = "a config TOML file, or the name of a shipped config (demo, baseline)"
 
 
+def _workers_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+
 def _config_arguments(
     p: argparse.ArgumentParser, *, folds: bool = False, stage: str | None = None
 ) -> None:
@@ -201,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
         "--test-fraction", type=float, default=0.25, help="share of patients in the test set"
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing competition")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    _workers_argument(p)
     p.set_defaults(run=_synth)
 
     p = sub.add_parser(
@@ -214,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
         help="competition folder (default: search /kaggle/input, then .)",
     )
     p.add_argument("--out", required=True, help="work folder")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    _workers_argument(p)
     p.set_defaults(run=_prepare)
 
     p = sub.add_parser("folds", help="split the labelled images into patient-grouped folds")
@@ -235,7 +239,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default=None, help="cache folder (default: WORK/cache/<size>_<windows>)"
     )
     p.add_argument("--force", action="store_true", help="replace a cache made with other options")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    _workers_argument(p)
     p.set_defaults(run=_preprocess)
 
     p = sub.add_parser("train", help="train folds of a config (resumes an interrupted fold)")
@@ -250,14 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_arguments(p, folds=True)
     p.set_defaults(run=_embed)
 
-    p = sub.add_parser(
-        "evaluate", help="merge out-of-fold predictions and score them against the prior"
-    )
-    p.add_argument(
-        "target",
-        metavar="RUN",
-        help="a config TOML, or a run folder (with the config.toml training saved)",
-    )
+    p = sub.add_parser("evaluate", help="score out-of-fold predictions against the prior")
+    p.add_argument("target", metavar="RUN", help="a config, or a run folder (its config.toml)")
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser(
@@ -277,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole path on a synthetic competition")
     p.add_argument("--out", default="demo", help="folder for everything the demo writes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    _workers_argument(p)
     p.set_defaults(run=_demo)
     return parser
 
