@@ -274,12 +274,25 @@ class _ImageSource:
 
     Subclasses set ``spec``, ``slices`` (series_uid, slice_index per image), ``_ok``
     (image_id -> readable) and ``_reason`` (image_id -> why not), and implement
-    :meth:`read_into`.
+    :meth:`read_into`, and :meth:`_open` for what each process must open for itself.
     """
 
     spec: CacheSpec
     _ok: dict
     _reason: dict
+    #: Attributes that belong to one process (open files, locks, thread-locals): they are
+    #: not pickled, and :meth:`_open` makes them anew where the source lands.
+    _per_process: tuple[str, ...] = ("_shards", "_lock", "_local")
+
+    def _open(self) -> None:
+        """Make this process's open files, locks and thread-locals."""
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._per_process}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
 
     def __len__(self) -> int:
         return len(self._ok)
@@ -353,16 +366,10 @@ class ImageCache(_ImageSource):
         )
         self._ok = dict(zip(index.index, index["ok"].to_numpy(), strict=True))
         self._reason = index.loc[~index["ok"], "reason"].to_dict()
-        self._shards: dict[int, np.ndarray] = {}
-        self._lock = threading.Lock()
+        self._open()
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_shards"], state["_lock"] = {}, None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+    def _open(self) -> None:
+        self._shards: dict[int, np.ndarray] = {}  # memory maps, opened on first use
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -398,16 +405,10 @@ class DicomImages(_ImageSource):
         self._path = {i: str(base / f) for i, f in zip(meta.index, meta["file"], strict=True)}
         self._ok = dict(zip(meta.index, meta["readable"].to_numpy(), strict=True))
         self._reason = meta.loc[~meta["readable"], "reason"].to_dict()
-        self._local = threading.local()
+        self._open()
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_local"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
+    def _open(self) -> None:
+        self._local = threading.local()  # one Preprocessor per thread
 
     def __repr__(self) -> str:
         return f"DicomImages({len(self._path)} slices)"
