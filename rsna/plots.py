@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rsna.data.labels import LABELS, SHORT
+from rsna.data.labels import LABELS, SHORT, prior
 
 __all__ = [
     "plot_cooccurrence",
@@ -105,7 +105,7 @@ def plot_label_rates(labels):
     """Positive rate of each label."""
     figure = _figure(6, 3.6)
     ax = figure.subplots()
-    rates = labels[list(LABELS)].mean()
+    rates = prior(labels)
     ax.bar(LABELS, rates, color="tab:red")
     for i, rate in enumerate(rates):
         ax.text(i, rate, f"{rate:.3f}", ha="center", va="bottom", fontsize=8)

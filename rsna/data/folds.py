@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from rsna import files
-from rsna.data.labels import LABELS, SUBTYPES
+from rsna.data.labels import LABELS, SUBTYPES, prior
 from rsna.errors import DataWarning, RsnaError
 
 __all__ = [
@@ -105,7 +105,7 @@ def patient_groups(metadata: pd.DataFrame) -> pd.Series:
 
 def rarest_label(labels: pd.DataFrame) -> np.ndarray:
     """Stratum per image: 0 if negative, else 1 + rank of its rarest positive subtype."""
-    rates = labels[list(SUBTYPES)].mean().to_numpy()
+    rates = prior(labels)[list(SUBTYPES)].to_numpy()
     order = np.argsort(rates, kind="stable")  # rarest first
     positive = labels[list(SUBTYPES)].to_numpy()[:, order].astype(bool)
     first = positive.argmax(axis=1)
@@ -147,7 +147,7 @@ def _summary(part: pd.DataFrame) -> pd.Series:
         {
             "images": len(part),
             "patients": part["patient"].nunique(),
-            **part[list(LABELS)].mean().to_dict(),
+            **prior(part).to_dict(),
         }
     )
 

@@ -19,7 +19,6 @@ report can name it.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ import pandas as pd
 
 from rsna import files
 from rsna.data.dicom import check_file
-from rsna.data.labels import LABELS, check_image_id, read_labels
+from rsna.data.labels import LABELS, check_image_id, prior, read_labels
 from rsna.data.paths import Competition, find_competition
 from rsna.errors import DataWarning, RsnaError
 from rsna.parallel import default_workers, parallel_map
@@ -329,7 +328,7 @@ def build_report(metadata: pd.DataFrame, labels: pd.DataFrame, competition: Comp
                 & (metadata["sop_instance_uid"] != metadata.index)
             ]
         ),
-        "label_rates": {c: float(labels[c].mean()) if len(labels) else math.nan for c in LABELS},
+        "label_rates": prior(labels).to_dict(),
         "positive_rate_by_group": _rate_by_group(train, labels),
     }
     for key, message in (
