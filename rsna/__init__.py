@@ -1,8 +1,8 @@
 """rsna: RSNA Intracranial Hemorrhage Detection, from raw DICOMs to a validated submission.
 
-The data stages (:mod:`rsna.data.dicom`, :mod:`rsna.data.windowing`, :mod:`rsna.data.labels`,
-:mod:`rsna.data.metadata`, :mod:`rsna.data.folds`, :mod:`rsna.data.synthetic`) never import TensorFlow
-or Keras, so importing this package is cheap.
+:mod:`rsna.data` holds the data stages and :mod:`rsna.training` everything that touches
+TensorFlow and Keras; the modules at the top (config, metrics, evaluate, predictions,
+submission, plots) never load TensorFlow either, so importing this package is cheap.
 """
 
 from rsna.errors import DataWarning, RsnaError
