@@ -1,4 +1,5 @@
-"""``DataGenerator``: batches of windowed slices for ``model.fit`` and ``model.predict``.
+"""The Keras generators: ``DataGenerator`` (slices, stage 1) and ``SeriesGenerator``
+(whole series, stage 2), and the ``EpochSync`` callback that serves both.
 
 A :class:`keras.utils.PyDataset` keyed by image IDs. Every batch is a pure function of
 ``(seed, epoch, batch index)``: the order of an epoch, and the augmentation of each
@@ -12,7 +13,7 @@ sample, are drawn from generators seeded by those numbers. So:
 Keras reshuffles batch order with Python's global ``random`` when ``fit(shuffle=True)``
 (the default): pass ``shuffle=False`` to ``fit`` and let the generator shuffle.
 
-Contract:
+Contract of :class:`DataGenerator`:
 
 * ``len(gen) == ceil(n / batch_size)``; the last batch holds exactly the remainder.
 * ``to_fit=True`` gives ``(x, y)``, y float32 (batch, 6) in :data:`rsna.data.labels.LABELS`

@@ -113,6 +113,8 @@ def train_fold(
             title=f"{config.name} stage 2, fold {split.fold}",
         )
 
+    for k in fold_numbers(config):  # embed before the fold's seed: loading a model draws from it
+        embed_fold(config, k)
     return run_fold(
         config, fold, stage=2, plan=plan, force=force, callbacks=callbacks, verbose=verbose
     )
