@@ -6,14 +6,35 @@ from here (``from harness import write_slice``).
 
 from __future__ import annotations
 
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
 from rsna.data.cache import CacheSpec
+from rsna.data.dicom import MAX_ASPECT, MAX_DIMENSION, MAX_RESCALE, quiet_rsna_uids
 from rsna.data.synthetic import GROUPS, SynthConfig, dicom_bytes, encode_hu
 
-__all__ = ["TINY", "TINY_SPEC", "ramp_hu", "tiny_experiment", "write_slice"]
+__all__ = [
+    "ENCODINGS",
+    "TINY",
+    "TINY_SPEC",
+    "encode",
+    "ramp_hu",
+    "reference",
+    "replace_value",
+    "tiny_experiment",
+    "write_slice",
+]
 
 #: The tiny competition of every session: 8 patients, 64x64 slices.
 TINY = SynthConfig(patients=8, studies=2, slices=6, size=64, seed=0)
@@ -71,3 +92,91 @@ def tiny_experiment(work: Path, out: Path, *, name: str, **sections: dict):
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
     return config_from_dict({"name": name, **base})
+
+
+# ------------------------------------------------------------- DICOM against pydicom
+
+
+def reference(path: Path) -> np.ndarray | str:
+    """pydicom's HU for `path`, computed here independently; or, as a string, why rsna
+    must refuse it (pydicom fails, or the file is outside rsna's documented scope)."""
+    data = path.read_bytes()
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return "not a DICOM Part 10 file"
+    try:
+        with warnings.catch_warnings(), quiet_rsna_uids():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            arr = ds.pixel_array
+            tags = {k: ds.get(k) for k in ("SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation", "RescaleSlope", "RescaleIntercept", "NumberOfFrames")}  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - any pydicom failure means rsna must refuse too
+        return f"pydicom fails: {type(exc).__name__}"
+    rows, cols = arr.shape[-2:] if arr.ndim >= 2 else (0, 0)
+    try:
+        slope = float(tags["RescaleSlope"]) if tags["RescaleSlope"] not in (None, "") else 1.0
+        intercept = float(tags["RescaleIntercept"]) if tags["RescaleIntercept"] not in (None, "") else 0.0  # fmt: skip
+    except (TypeError, ValueError):
+        return "pydicom gives a rescale that is not one number"
+    frames = tags["NumberOfFrames"]
+    out_of_scope = {
+        "not one frame": arr.ndim != 2 or frames not in (None, "", 1, "1"),
+        "not grayscale": tags["SamplesPerPixel"] != 1
+        or tags["PhotometricInterpretation"] not in ("MONOCHROME1", "MONOCHROME2"),
+        "bits": tags["BitsAllocated"] not in (8, 16, 32),
+        "dimensions": not (0 < rows <= MAX_DIMENSION and 0 < cols <= MAX_DIMENSION)
+        or max(rows, cols) > MAX_ASPECT * min(rows, cols),
+        "rescale": not (0 < slope <= MAX_RESCALE and abs(intercept) <= MAX_RESCALE),
+    }
+    reasons = [name for name, bad in out_of_scope.items() if bad]
+    if reasons:
+        return f"out of scope: {reasons}"
+    stored = arr.astype(arr.dtype.newbyteorder("="))
+    if tags["BitsStored"] == 12 and tags["PixelRepresentation"] == 0 and intercept > -100:
+        fixed = stored.astype(np.int32) + 1000  # the bad-intercept rule, written out again
+        fixed[fixed >= 4096] -= 4096
+        stored, intercept = fixed, -1000.0
+    hu = stored.astype(np.float32)
+    if slope != 1.0:
+        hu *= np.float32(slope)
+    if intercept != 0.0:
+        hu += np.float32(intercept)
+    return hu
+
+
+ENCODINGS = {
+    "explicit LE": ExplicitVRLittleEndian,
+    "implicit LE": ImplicitVRLittleEndian,
+    "big endian": ExplicitVRBigEndian,
+    "deflated": DeflatedExplicitVRLittleEndian,
+    "RLE": RLELossless,
+}
+
+
+def encode(ds: pydicom.Dataset, path: Path, encoding: str) -> Path:
+    """Save `ds` (native little-endian pixel data) in one of the five encodings."""
+    syntax = ENCODINGS[encoding]
+    with warnings.catch_warnings(), quiet_rsna_uids():
+        warnings.simplefilter("ignore")
+        if encoding == "RLE":
+            ds.compress(RLELossless, encoding_plugin="pydicom")
+        elif encoding == "big endian":
+            dtype = ">i2" if ds.PixelRepresentation else ">u2"
+            raw = np.frombuffer(ds.PixelData, "<i2" if ds.PixelRepresentation else "<u2")
+            ds.PixelData = raw.astype(dtype).tobytes()
+            ds.file_meta.TransferSyntaxUID = syntax
+            pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+            return path
+        else:
+            ds.file_meta.TransferSyntaxUID = syntax
+        ds.save_as(path, implicit_vr=encoding == "implicit LE", enforce_file_format=True)
+    return path
+
+
+def replace_value(data: bytes, group: int, number: int, vr: bytes, value: bytes) -> bytes:
+    """`data` with the value of the first (group,number) element of explicit VR little
+    endian replaced, bytes and length (pydicom validates values, so a hostile file is
+    written by hand)."""
+    head = struct.pack("<HH2s", group, number, vr)
+    at = data.index(head)
+    (length,) = struct.unpack_from("<H", data, at + 6)
+    return data[:at] + head + struct.pack("<H", len(value)) + value + data[at + 8 + length :]
