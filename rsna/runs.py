@@ -9,7 +9,7 @@ A run folder (``data.out_dir``, or ``WORK/runs/<config name>``) holds::
     submission.csv, predictions_test.csv, predict_report.json     stage 1's test predictions
     stage2/                   the same layout for stage 2 (the series model)
 
-A stage's fold folder holds ``best.keras``, ``state.json``, ``history.csv``,
+A stage's fold folder holds ``best.keras``, ``state.json``, ``seeds.json``, ``history.csv``,
 ``backup/`` (while training), ``oof.csv``, ``curves.png`` and ``summary.json``; stage 1's
 also the embeddings ``embed_oof.npz`` and ``embed_test.npz`` that stage 2 reads.
 """
@@ -35,6 +35,7 @@ __all__ = [
     "PREDICTIONS_TEST",
     "PREDICT_REPORT",
     "ROC_PR",
+    "SEEDS",
     "STAGES",
     "STAGES_PNG",
     "STATE",
@@ -49,6 +50,7 @@ __all__ = [
 CONFIG_FILE = "config.toml"
 BEST_MODEL = "best.keras"
 STATE = "state.json"
+SEEDS = "seeds.json"
 HISTORY = "history.csv"
 BACKUP = "backup"
 OOF = "oof.csv"

@@ -5,6 +5,7 @@ Both stages train fold k on every other fold and validate on k, in
 
     best.keras       the best epoch by validation weighted log loss (written atomically)
     state.json       best value, best epoch, epochs without improvement, last epoch seen
+    seeds.json       the random layers' seed-generator states at each epoch's end
     history.csv      one row per epoch (Keras CSVLogger)
     backup/          BackupAndRestore's checkpoints while training (double checkpoint)
     oof.csv          image_id and six probabilities for fold k's images, from best.keras
@@ -54,6 +55,7 @@ __all__ = [
     "FoldResult",
     "FoldSplit",
     "FoldState",
+    "SeedState",
     "TrainError",
     "compile_fold_model",
     "config_folds",
@@ -240,6 +242,38 @@ class FoldState(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class SeedState(keras.callbacks.Callback):
+    """Keep the state of every random layer's seed generator (dropout) across a resume.
+
+    ``BackupAndRestore`` saves the weights and the optimizer, not the seed generators'
+    states, so a resumed epoch would draw other dropout masks. This records every
+    state at each epoch's end in ``seeds.json``, by epoch, and puts the previous
+    epoch's states back at an epoch's start. An uninterrupted run is unchanged (it puts
+    back what is already there); a resumed one continues the same draws. Keeping every
+    epoch's record leaves no window between this file and the backup: a run killed
+    between the two restarts an epoch whose starting states are on record.
+    """
+
+    def __init__(self, fold_dir: Path) -> None:
+        super().__init__()
+        self.path = Path(fold_dir) / runs.SEEDS
+        self.record = files.read_json(self.path) if self.path.exists() else {}
+
+    def _states(self) -> list:
+        return [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        saved = self.record.get(str(epoch - 1))
+        if saved is not None:
+            for state, values in zip(self._states(), saved, strict=True):
+                state.assign(np.array(values, dtype=state.dtype))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        states = [keras.ops.convert_to_numpy(v).tolist() for v in self._states()]
+        self.record[str(epoch)] = states
+        files.write_json(self.path, self.record)
+
+
 def cosine_decay(
     peak: float, *, decay_steps: int, alpha: float, warmup_steps: int = 0
 ) -> keras.optimizers.schedules.CosineDecay:
@@ -280,8 +314,10 @@ def fit_fold(
 
     Resumes a killed fit (BackupAndRestore with a double checkpoint), keeps the best
     epoch and the early-stopping count across resumes (:class:`FoldState`), gives the
-    training generator its epoch (:class:`EpochSync`), logs every epoch to history.csv,
-    and stops on NaN. `callbacks` run after these.
+    training generator its epoch (:class:`EpochSync`) and the random layers their seed
+    states (:class:`SeedState`), logs every epoch to history.csv, and stops on NaN. A
+    resumed fit therefore ends exactly as an uninterrupted one. `callbacks` run after
+    these.
     """
     state = FoldState(fold_dir, patience=patience)
     if not state.stopped(epochs):
@@ -299,6 +335,7 @@ def fit_fold(
                 keras.callbacks.CSVLogger(str(fold_dir / runs.HISTORY), append=True),
                 keras.callbacks.TerminateOnNaN(),
                 EpochSync(train_data),
+                SeedState(fold_dir),
                 *callbacks,
             ],
         )
