@@ -1,19 +1,105 @@
 """Command-line interface: ``rsna <subcommand>``. Thin: parse, call the package, print.
 
-Nothing imports this module. Every subcommand prints what it wrote; bad input ends
-with ``rsna: error: <message>`` and exit status 2.
+Nothing imports this module. Every subcommand prints what it wrote. One error boundary
+(:func:`main`) turns every expected error into ``rsna: error: <message>`` and exit
+status 2: a bad argument (checked where it is parsed), any :class:`rsna.RsnaError`
+(bad data, config or model file), and an ``OSError`` on a user's path. Anything else
+is a bug: one line says so, exit status 1, and ``--debug`` shows the traceback.
+TensorFlow's start-up noise is muted unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rsna.errors import RsnaError
 
 __all__ = ["main"]
+
+#: Commands that load TensorFlow.
+_TF_COMMANDS = frozenset({"train", "embed", "predict", "demo"})
+
+
+# ------------------------------------------------------------------ argument types
+
+
+def _integer(name: str, *, low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low`, with a Keras-style message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"`{name}` must be an integer. Received: {name}={text!r}"
+            ) from None
+        if value < low:
+            rule = "positive" if low == 1 else f">= {low}"
+            raise argparse.ArgumentTypeError(f"`{name}` must be {rule}. Received: {name}={value}")
+        return value
+
+    return parse
+
+
+def _fraction(name: str) -> Callable[[str], float]:
+    """An argparse type: a finite number strictly between 0 and 1."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(
+                f"`{name}` must be a number in (0, 1). Received: {name}={text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _folder(name: str) -> Callable[[str], Path]:
+    """An argparse type: a folder, or a path where one can be made (not a file)."""
+
+    def parse(text: str) -> Path:
+        path = Path(text).expanduser()
+        if path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"`{name}` must be a folder. Received: {name}={text!r}, which is a file"
+            )
+        return path
+
+    return parse
+
+
+def _fold_list(text: str) -> str | list[int]:
+    """``all``, or comma-separated fold numbers >= 0."""
+    if text == "all":
+        return "all"
+    parse = _integer("fold", low=0)
+    return [parse(part.strip()) for part in text.split(",")]
+
+
+def _windows(text: str):
+    from rsna.data.windowing import parse_windows
+
+    try:
+        return parse_windows(text)
+    except RsnaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors worded like every other rsna error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"rsna: error: {message}\n")
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -55,9 +141,8 @@ def _folds(args: argparse.Namespace) -> None:
 
 def _preprocess(args: argparse.Namespace) -> None:
     from rsna.data.cache import CacheSpec, build_cache
-    from rsna.data.windowing import parse_windows
 
-    spec = CacheSpec(size=args.size, windows=parse_windows(args.windows), curve=args.curve)
+    spec = CacheSpec(size=args.size, windows=args.windows, curve=args.curve)
     result = build_cache(
         args.work_dir,
         spec,
@@ -87,7 +172,7 @@ def _train(args: argparse.Namespace) -> None:
     config = _config(args)
     results = runner.train(
         config,
-        _fold_list(args.fold),
+        args.fold,
         stage=args.stage,
         strategy=choose_strategy(args.strategy),
         force=args.force,
@@ -95,14 +180,10 @@ def _train(args: argparse.Namespace) -> None:
     print(f"trained {len(results)} stage-{args.stage} fold(s); outputs in {config.run_dir}")
 
 
-def _fold_list(text: str):
-    return "all" if text == "all" else [int(k) for k in text.split(",")]
-
-
 def _embed(args: argparse.Namespace) -> None:
     from rsna.training.embed import embed_folds
 
-    written = embed_folds(_config(args), _fold_list(args.fold))
+    written = embed_folds(_config(args), args.fold)
     for paths in written:
         print(", ".join(str(p) for p in paths.values()))
 
@@ -171,7 +252,12 @@ CONFIG_HELP = "a config TOML file, or the name of a shipped config (demo, baseli
 
 
 def _workers_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument(
+        "--workers",
+        type=_integer("workers", low=1),
+        default=None,
+        help="processes (default: all cores)",
+    )
 
 
 def _config_arguments(
@@ -180,7 +266,9 @@ def _config_arguments(
     """The arguments of every command that runs a config."""
     p.add_argument("config", help=CONFIG_HELP)
     if folds:
-        p.add_argument("--fold", default="all", help="a fold, a comma-separated list, or all")
+        p.add_argument(
+            "--fold", type=_fold_list, default="all", help="a fold, a comma-separated list, or all"
+        )
     if stage:
         p.add_argument("--stage", type=int, default=1, choices=[1, 2], help=stage)
     p.add_argument(
@@ -188,28 +276,65 @@ def _config_arguments(
     )
 
 
+def _common() -> argparse.ArgumentParser:
+    """--verbose and --debug, accepted before or after the command."""
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--verbose", action="store_true", default=argparse.SUPPRESS, help="show TensorFlow's logs"
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an unexpected error",
+    )
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     from rsna.training.strategy import STRATEGIES
 
-    parser = argparse.ArgumentParser(prog="rsna", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common()
+    parser = _Parser(
+        prog="rsna",
+        description="RSNA Intracranial Hemorrhage Detection: from raw DICOMs to a validated "
+        "Kaggle submission.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
-    p = sub.add_parser("synth", help="write a synthetic competition in Kaggle's layout")
-    p.add_argument("out", help="folder to write")
-    p.add_argument("--patients", type=int, default=20)
-    p.add_argument("--studies", type=int, default=2, help="most studies per patient")
-    p.add_argument("--slices", type=int, default=20, help="slices per series")
-    p.add_argument("--size", type=int, default=512, help="rows and columns of a regular image")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        parents=[common], name="synth", help="write a synthetic competition in Kaggle's layout"
+    )
+    p.add_argument("out", type=_folder("out"), help="folder to write")
+    p.add_argument("--patients", type=_integer("patients", low=1), default=20)
     p.add_argument(
-        "--test-fraction", type=float, default=0.25, help="share of patients in the test set"
+        "--studies", type=_integer("studies", low=1), default=2, help="most studies per patient"
+    )
+    p.add_argument("--slices", type=_integer("slices", low=1), default=20, help="slices per series")
+    p.add_argument(
+        "--size",
+        type=_integer("size", low=1),
+        default=512,
+        help="rows and columns of a regular image",
+    )
+    p.add_argument("--seed", type=_integer("seed", low=0), default=0)
+    p.add_argument(
+        "--test-fraction",
+        type=_fraction("test_fraction"),
+        default=0.25,
+        help="share of patients in the test set",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing competition")
     _workers_argument(p)
     p.set_defaults(run=_synth)
 
     p = sub.add_parser(
-        "prepare", help="scan DICOM headers into metadata, write labels and a report"
+        parents=[common],
+        name="prepare",
+        help="scan DICOM headers into metadata, write labels and a report",
     )
     p.add_argument(
         "data_dir",
@@ -217,54 +342,83 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="competition folder (default: search /kaggle/input, then .)",
     )
-    p.add_argument("--out", required=True, help="work folder")
+    p.add_argument("--out", type=_folder("out"), required=True, help="work folder")
     _workers_argument(p)
     p.set_defaults(run=_prepare)
 
-    p = sub.add_parser("folds", help="split the labelled images into patient-grouped folds")
+    p = sub.add_parser(
+        parents=[common], name="folds", help="split the labelled images into patient-grouped folds"
+    )
     p.add_argument("work_dir", help="a prepared work folder")
-    p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-folds", type=_integer("n_folds", low=2), default=5)
+    p.add_argument("--seed", type=_integer("seed", low=0), default=0)
     p.set_defaults(run=_folds)
 
-    p = sub.add_parser("preprocess", help="window every slice once into a sharded uint8 cache")
+    p = sub.add_parser(
+        parents=[common],
+        name="preprocess",
+        help="window every slice once into a sharded uint8 cache",
+    )
     p.add_argument("work_dir", help="a prepared work folder")
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=_integer("size", low=1), default=256)
     p.add_argument(
-        "--windows", default="brain,subdural,soft", help="names or center/width, comma-separated"
+        "--windows",
+        type=_windows,
+        default="brain,subdural,soft",
+        help="names or center/width, comma-separated",
     )
     p.add_argument("--curve", choices=["linear", "sigmoid"], default="linear")
-    p.add_argument("--shard-size", type=int, default=1024, help="images per shard file")
     p.add_argument(
-        "--out", default=None, help="cache folder (default: WORK/cache/<size>_<windows>)"
+        "--shard-size",
+        type=_integer("shard_size", low=1),
+        default=1024,
+        help="images per shard file",
+    )
+    p.add_argument(
+        "--out",
+        type=_folder("out"),
+        default=None,
+        help="cache folder (default: WORK/cache/<size>_<windows>)",
     )
     p.add_argument("--force", action="store_true", help="replace a cache made with other options")
     _workers_argument(p)
     p.set_defaults(run=_preprocess)
 
-    p = sub.add_parser("train", help="train folds of a config (resumes an interrupted fold)")
+    p = sub.add_parser(
+        parents=[common], name="train", help="train folds of a config (resumes an interrupted fold)"
+    )
     _config_arguments(p, folds=True, stage="1: slice model; 2: series model on its embeddings")
     p.add_argument("--force", action="store_true", help="retrain folds that already finished")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES)
     p.set_defaults(run=_train)
 
     p = sub.add_parser(
-        "embed", help="stage 1's embeddings of each fold's own images and the test set"
+        parents=[common],
+        name="embed",
+        help="stage 1's embeddings of each fold's own images and the test set",
     )
     _config_arguments(p, folds=True)
     p.set_defaults(run=_embed)
 
-    p = sub.add_parser("evaluate", help="score out-of-fold predictions against the prior")
+    p = sub.add_parser(
+        parents=[common], name="evaluate", help="score out-of-fold predictions against the prior"
+    )
     p.add_argument("target", metavar="RUN", help="a config, or a run folder (its config.toml)")
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser(
-        "predict", help="predict the test set with every fold and write submission.csv"
+        parents=[common],
+        name="predict",
+        help="predict the test set with every fold and write submission.csv",
     )
     _config_arguments(p, stage="1: the slice models; 2: the series models")
     p.set_defaults(run=_predict)
 
-    p = sub.add_parser("validate", help="check a submission file against the sample submission")
+    p = sub.add_parser(
+        parents=[common],
+        name="validate",
+        help="check a submission file against the sample submission",
+    )
     p.add_argument("submission")
     p.add_argument(
         "--sample", default=None, help="sample submission (default: found with the data)"
@@ -272,24 +426,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="competition folder to search for the sample")
     p.set_defaults(run=_validate)
 
-    p = sub.add_parser("demo", help="run the whole path on a synthetic competition")
-    p.add_argument("--out", default="demo", help="folder for everything the demo writes")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        parents=[common], name="demo", help="run the whole path on a synthetic competition"
+    )
+    p.add_argument(
+        "--out", type=_folder("out"), default="demo", help="folder for everything the demo writes"
+    )
+    p.add_argument("--seed", type=_integer("seed", low=0), default=0)
     _workers_argument(p)
     p.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rsna`` console script."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``rsna`` console script: the one error boundary."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage and the error
+        return int(exc.code or 0)
+    debug = getattr(args, "debug", False)
     run: Callable[[argparse.Namespace], None] = args.run
     try:
+        if args.command in _TF_COMMANDS and not getattr(args, "verbose", False):
+            from rsna.training.quiet import load_tensorflow_quietly
+
+            load_tensorflow_quietly()
         run(args)
     except RsnaError as exc:
-        print(f"rsna: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"rsna: error: {exc}", 2)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"rsna: error: {where}{exc.strerror or exc}", 2)
+    except KeyboardInterrupt:
+        return _fail("rsna: interrupted", 130)
+    except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else "; rerun with --debug for the traceback"
+        return _fail(f"rsna: internal error, a bug in rsna ({type(exc).__name__}: {exc}){hint}", 1)
     return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(message, file=sys.stderr, flush=True)
+    return status
 
 
 if __name__ == "__main__":

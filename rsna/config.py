@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -39,7 +40,7 @@ from rsna.backbones import BACKBONES, closest_backbone
 from rsna.data.augment import Augment
 from rsna.data.cache import CacheSpec
 from rsna.data.labels import LABELS
-from rsna.data.windowing import Curve, Window, parse_windows, window_name
+from rsna.data.windowing import MAX_SIZE, Curve, Window, parse_windows, window_name
 from rsna.errors import RsnaError
 
 if sys.version_info >= (3, 11):
@@ -49,6 +50,8 @@ else:  # pragma: no cover
 
 __all__ = [
     "Config",
+    "MAX_CONTEXT",
+    "MAX_EPOCHS",
     "ConfigError",
     "DataConfig",
     "ImageConfig",
@@ -69,6 +72,12 @@ Schedule = Literal["cosine", "constant"]
 Ensemble = Literal["mean", "logit_mean"]
 View = Literal["none", "hflip"]
 SequenceInput = Literal["logits", "features"]
+
+
+#: Most context slices on each side: 8 gives 17 slices, more than any RSNA solution used.
+MAX_CONTEXT = 8
+#: Most epochs of either stage.
+MAX_EPOCHS = 10_000
 
 
 class ConfigError(RsnaError):
@@ -214,6 +223,10 @@ def load_config(
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: a config must be UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
     raw.setdefault("name", path.stem)
@@ -292,6 +305,8 @@ def _convert(hint: Any, value: Any, *, source: str, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number. Received: {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number. Received: {short}={value!r}")
         return float(value)
     if hint is Path:
         if not isinstance(value, str) or not value:
@@ -336,12 +351,17 @@ def _validate(config: Config, source: str) -> None:
         )
     checks = [
         (config.image.size >= 32, "image.size", config.image.size, "must be >= 32"),
+        (config.image.size <= MAX_SIZE, "image.size", config.image.size, f"must be at most {MAX_SIZE}"),
+        (config.image.context <= MAX_CONTEXT, "image.context", config.image.context, f"must be at most {MAX_CONTEXT}"),
         (config.image.size >= backbone.min_size, "image.size", config.image.size, f"must be >= {backbone.min_size} for {backbone.name}"),
         (config.image.context >= 0, "image.context", config.image.context, "must be >= 0"),
         (0.0 <= config.model.dropout < 1.0, "model.dropout", config.model.dropout, "must be in [0, 1)"),
         (config.train.batch_size >= 1, "train.batch_size", config.train.batch_size, "must be positive"),
         (config.train.epochs >= 1, "train.epochs", config.train.epochs, "must be positive"),
         (config.train.learning_rate > 0, "train.learning_rate", config.train.learning_rate, "must be positive"),
+        (0 <= config.train.min_learning_rate <= config.train.learning_rate, "train.min_learning_rate", config.train.min_learning_rate, "must be in [0, learning_rate]"),
+        (0 <= config.train.seed < 2**32, "train.seed", config.train.seed, "must be in [0, 2**32)"),
+        (config.train.epochs <= MAX_EPOCHS, "train.epochs", config.train.epochs, f"must be at most {MAX_EPOCHS}"),
         (0 <= config.train.warmup_epochs < config.train.epochs, "train.warmup_epochs", config.train.warmup_epochs, "must be in [0, epochs)"),
         (config.train.patience >= 1, "train.patience", config.train.patience, "must be positive"),
         (len(config.train.label_weights) == len(LABELS) and all(w > 0 for w in config.train.label_weights),
@@ -351,7 +371,7 @@ def _validate(config: Config, source: str) -> None:
         (config.predict.batch_size >= 1, "predict.batch_size", config.predict.batch_size, "must be positive"),
         (config.sequence.units >= 1, "sequence.units", config.sequence.units, "must be positive"),
         (0.0 <= config.sequence.dropout < 1.0, "sequence.dropout", config.sequence.dropout, "must be in [0, 1)"),
-        (config.sequence.epochs >= 1, "sequence.epochs", config.sequence.epochs, "must be positive"),
+        (1 <= config.sequence.epochs <= MAX_EPOCHS, "sequence.epochs", config.sequence.epochs, f"must be in [1, {MAX_EPOCHS}]"),
         (config.sequence.batch_size >= 1, "sequence.batch_size", config.sequence.batch_size, "must be positive"),
         (config.sequence.learning_rate > 0, "sequence.learning_rate", config.sequence.learning_rate, "must be positive"),
         (config.sequence.patience >= 1, "sequence.patience", config.sequence.patience, "must be positive"),

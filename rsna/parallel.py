@@ -18,11 +18,19 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
+from rsna.errors import RsnaError
+
 __all__ = [
+    "ParallelError",
     "default_workers",
     "parallel_map",
     "progress",
 ]
+
+
+class ParallelError(RsnaError):
+    """Bad options for a process pool."""
+
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -88,8 +96,8 @@ def parallel_map(
     module-level function so it can be sent to a worker.
     """
     workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"`workers` must be positive. Received: workers={workers}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ParallelError(f"`workers` must be a positive integer. Received: workers={workers!r}")
     n = len(items)
     if workers == 1 or n < 2 * workers:
         yield from progress(map(fn, items), total=n, desc=desc, unit=unit)

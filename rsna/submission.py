@@ -48,14 +48,22 @@ def sample_image_ids(sample_csv: str | os.PathLike[str]) -> pd.Index:
 
 def _read_id_label(path: Path, what: str) -> pd.DataFrame:
     """An ``ID,Label`` CSV, or a SubmissionError naming the file."""
-    try:
-        frame = pd.read_csv(path, dtype={"ID": str})
+    try:  # blank lines are kept, so that row k is line k + 2 of the file
+        frame = pd.read_csv(path, dtype={"ID": str}, skip_blank_lines=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise SubmissionError(f"{path}: cannot read {what} ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise SubmissionError(
+            f"{path}: {what} must be UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from exc
     if list(frame.columns) != ["ID", "Label"]:
         raise SubmissionError(
-            f"{path}: header must be 'ID,Label'. Received: {','.join(frame.columns)}"
+            f"{path}: header must be 'ID,Label'. Received: {','.join(map(str, frame.columns))}"
         )
+    blank = frame.isna().all(axis=1)
+    if blank.any():
+        line = int(np.flatnonzero(blank.to_numpy())[0]) + 2
+        raise SubmissionError(f"{path}, line {line}: a blank line in {what}")
     return frame
 
 
@@ -151,11 +159,15 @@ def validate_submission(
     path = Path(path)
     sample = _read_sample(sample_csv)
     frame = _read_id_label(path, "the submission")
-    if (
-        len(frame) != len(sample)
-        or set(frame["ID"]) != set(sample["ID"])
-        or frame["ID"].duplicated().any()
-    ):
+    repeated = frame["ID"].duplicated(keep=False)
+    if repeated.any():
+        first = frame.loc[repeated, "ID"].iloc[0]
+        lines = [str(i + 2) for i in np.flatnonzero((frame["ID"] == first).to_numpy())]
+        raise SubmissionError(
+            f"{path}: ID {first} appears {len(lines)} times (lines {', '.join(lines)}); "
+            f"{int(repeated.sum())} rows repeat an ID in all"
+        )
+    if len(frame) != len(sample) or set(frame["ID"]) != set(sample["ID"]):
         missing = sorted(set(sample["ID"]) - set(frame["ID"]))[:1]
         extra = sorted(set(frame["ID"]) - set(sample["ID"]))[:1]
         raise SubmissionError(

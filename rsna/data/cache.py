@@ -70,6 +70,11 @@ class CacheSpec:
     windows: tuple[Window, ...] = DEFAULT_WINDOWS
     curve: Curve = "linear"
 
+    def __post_init__(self) -> None:
+        """Check the options as :class:`~rsna.data.windowing.Preprocessor` would, before
+        anything is written."""
+        Preprocessor(windows=self.windows, size=self.size, curve=self.curve, reuse_buffers=False)
+
     @property
     def channels(self) -> int:
         return len(self.windows)
@@ -146,8 +151,8 @@ def build_cache(
             f"`shard_size` must be a positive integer. Received: shard_size={shard_size!r}"
         )
     root = Path(out) if out is not None else cache_dir(work_dir, spec)
+    meta = read_metadata(work_dir)  # a wrong work folder fails here, before anything is written
     _claim(root, spec, shard_size, force=force)
-    meta = read_metadata(work_dir)
     order = meta.sort_values(["split", "series_uid", "slice_index"], kind="stable").index
     base = data_dir(work_dir)
     paths = [str(base / rel) for rel in meta.loc[order, "file"]]

@@ -81,6 +81,8 @@ def read_labels(csv: str | os.PathLike[str]) -> pd.DataFrame:
 
     Exact duplicate rows are dropped, with a :class:`DataWarning`; their count is in
     ``attrs["duplicate_rows_dropped"]`` and the images in ``attrs["duplicate_images"]``.
+    Blank lines are skipped, with a warning and ``attrs["blank_lines_skipped"]``; line
+    numbers in errors count them.
 
     Raises:
         LabelError: a wrong header, a malformed ID, a label other than 0/1, duplicate
@@ -88,18 +90,27 @@ def read_labels(csv: str | os.PathLike[str]) -> pd.DataFrame:
             the file and the line.
     """
     path = Path(csv)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:  # blank lines are kept here, so that row k is line k + 2 of the file
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LabelError(f"{path}: cannot read label CSV ({exc})") from exc
     if list(df.columns) != ["ID", "Label"]:
-        raise LabelError(f"{path}: header must be 'ID,Label'. Received: {','.join(df.columns)}")
+        raise LabelError(
+            f"{path}: header must be 'ID,Label'. Received: {','.join(map(str, df.columns))}"
+        )
+    blank = df.fillna("").eq("").all(axis=1)
+    if blank.any():
+        warnings.warn(f"{path}: skipped {int(blank.sum())} blank lines", DataWarning, stacklevel=2)
+        df = df[~blank]
+    if df.empty:
+        raise LabelError(f"{path}: no label rows after the header")
     long = _split_ids(df, path)
     long["label"] = _parse_labels(df, path)
     dropped = _duplicate_rows(long, path)
     duplicate_images = sorted(set(long["image_id"].iloc[dropped]))
     wide = _pivot(long.drop(index=long.index[dropped]), path)
     wide.attrs["duplicate_rows_dropped"] = int(dropped.size)
+    wide.attrs["blank_lines_skipped"] = int(blank.sum())
     wide.attrs["duplicate_images"] = duplicate_images
     if dropped.size:
         warnings.warn(
@@ -124,7 +135,7 @@ def _split_ids(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise LabelError(
-            f"{_line(path, row)}: `ID` must be ID_<hex>_<subtype> with subtype in {LABELS}. "
+            f"{_line(path, df.index[row])}: `ID` must be ID_<hex>_<subtype> with subtype in {LABELS}. "
             f"Received: {df['ID'].iloc[row]!r}"
         )
     return pd.DataFrame({"image_id": parts[0], "subtype": parts[1]})
@@ -136,7 +147,7 @@ def _parse_labels(df: pd.DataFrame, path: Path) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise LabelError(
-            f"{_line(path, row)}: `Label` must be 0 or 1. "
+            f"{_line(path, df.index[row])}: `Label` must be 0 or 1. "
             f"Received: Label={df['Label'].iloc[row]!r} for {df['ID'].iloc[row]}"
         )
     return values.to_numpy().astype(np.int8)

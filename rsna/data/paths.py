@@ -95,17 +95,24 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _competition_at(folder: Path) -> Competition | None:
-    train_dir = next((folder / d for d in TRAIN_DIRS if (folder / d).is_dir()), None)
+    """The competition in `folder`, its files named below its resolved root.
+
+    Only the root is resolved: an image folder may be a link to another disk (a
+    Kaggle dataset, a mounted volume), and its files are still named by where they
+    appear, ``stage_2_train/ID_....dcm``.
+    """
+    root = folder.resolve()
+    train_dir = next((root / d for d in TRAIN_DIRS if (root / d).is_dir()), None)
     if train_dir is None:
         return None
-    test_dir = next((folder / d for d in TEST_DIRS if (folder / d).is_dir()), None)
-    sample = folder / SAMPLE_CSV
+    test_dir = next((root / d for d in TEST_DIRS if (root / d).is_dir()), None)
+    sample = root / SAMPLE_CSV
     return Competition(
-        root=folder.resolve(),
-        train_csv=(folder / TRAIN_CSV).resolve(),
-        train_dir=train_dir.resolve(),
-        test_dir=test_dir.resolve() if test_dir else None,
-        sample_csv=sample.resolve() if sample.is_file() else None,
+        root=root,
+        train_csv=root / TRAIN_CSV,
+        train_dir=train_dir,
+        test_dir=test_dir,
+        sample_csv=sample if sample.is_file() else None,
     )
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from rsna import files
-from rsna.data.dicom import EXPLICIT_VR_LE, IMPLICIT_VR_LE, quiet_rsna_uids
+from rsna.data.dicom import EXPLICIT_VR_LE, IMPLICIT_VR_LE, MAX_DIMENSION, quiet_rsna_uids
 from rsna.data.labels import LABELS, SUBTYPES, to_long
 from rsna.data.paths import SAMPLE_CSV, TEST_DIRS, TRAIN_CSV, TRAIN_DIRS
 from rsna.errors import RsnaError
@@ -91,6 +91,17 @@ _SUBTYPE_WEIGHTS = {
 }
 
 
+#: (lowest, highest) of each size option: the real competition has about 19,000
+#: patients and 20 to 60 slices per series; a slice is at most MAX_DIMENSION wide, and
+#: a few synthetic series are 1.25 times wider than `size`.
+_BOUNDS = {
+    "patients": (2, 100_000),
+    "studies": (1, 10),
+    "slices": (3, 512),
+    "size": (32, int(MAX_DIMENSION / 1.25)),
+}
+
+
 class SynthError(RsnaError):
     """Bad options for the synthetic competition."""
 
@@ -118,12 +129,14 @@ class SynthConfig:
     bleed_fraction: float = 0.6
 
     def __post_init__(self) -> None:
-        for name, low in (("patients", 2), ("studies", 1), ("slices", 3), ("size", 32)):
+        for name, (low, high) in _BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SynthError(
                     f"`{name}` must be an integer >= {low}. Received: {name}={value!r}"
                 )
+            if value > high:
+                raise SynthError(f"`{name}` must be at most {high}. Received: {name}={value!r}")
         for name in ("test_fraction", "bleed_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

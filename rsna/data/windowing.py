@@ -28,6 +28,7 @@ from rsna.errors import RsnaError
 
 __all__ = [
     "AIR_HU",
+    "MAX_SIZE",
     "BONE",
     "BRAIN",
     "DEFAULT_WINDOWS",
@@ -48,6 +49,8 @@ __all__ = [
     "window_name",
 ]
 
+#: Largest output size: the top RSNA solutions used up to 512; a slice is at most 4096.
+MAX_SIZE = 2048
 #: HU of air: what padding to a square stands for.
 AIR_HU = -1000.0
 #: The sigmoid window maps the window's edges to these fractions of 255.
@@ -371,3 +374,5 @@ def air_level(window: Window, *, curve: Curve = "linear") -> int:
 def _check_size(size: int) -> None:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
         raise WindowError(f"`size` must be a positive integer. Received: size={size!r}")
+    if size > MAX_SIZE:
+        raise WindowError(f"`size` must be at most MAX_SIZE={MAX_SIZE}. Received: size={size!r}")

@@ -21,8 +21,10 @@ per-slice correction is added to the stage-1 logits (:func:`build_sequence_model
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -30,10 +32,12 @@ import numpy as np
 from rsna.backbones import BACKBONES
 from rsna.config import Config, ConfigError
 from rsna.data.labels import LABELS
+from rsna.errors import RsnaError
 from rsna.metrics import PRIOR_EPS, logit
 
 __all__ = [
     "BN_MOMENTUM",
+    "ModelFileError",
     "build_model",
     "build_sequence_model",
     "dtype_policy",
@@ -194,6 +198,22 @@ def build_sequence_model(config: Config, width: int) -> keras.Model:
     return keras.Model({"slices": slices, "mask": mask}, outputs, name="rsna_sequence")
 
 
-def load_model(path) -> keras.Model:
-    """Load a saved slice model for prediction, with ``safe_mode=True`` (no code runs)."""
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+class ModelFileError(RsnaError):
+    """A saved model cannot be loaded: missing, truncated, tampered with, or unsafe."""
+
+
+def load_model(path: str | os.PathLike[str]) -> keras.Model:
+    """Load a saved model for prediction, with ``safe_mode=True`` (no code runs).
+
+    Raises:
+        ModelFileError: the file is missing, not a Keras archive, truncated, tampered
+            with, or holds code (a Lambda layer) that safe mode refuses.
+    """
+    path = Path(path)
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive
+        raise ModelFileError(
+            f"{path}: cannot load the model ({type(exc).__name__}: {str(exc)[:300]}); "
+            "retrain the fold with `rsna train ... --force`"
+        ) from exc
