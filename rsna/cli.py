@@ -121,8 +121,23 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from rsna.data.metadata import REPORT, format_report, prepare
+    from rsna.data.metadata import REPORT, format_report, prepare, scan_part
 
+    if args.num_shards > 1:
+        missing = scan_part(
+            args.data_dir,
+            args.out,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
+            workers=args.workers,
+        )
+        if missing:
+            print(
+                f"part {args.shard_index} of {args.num_shards} scanned; {missing} chunks are "
+                "other parts'. When every part is done, run `rsna prepare` without "
+                "--num-shards/--shard-index to finish (it scans only what is missing)"
+            )
+            return
     result = prepare(args.data_dir, args.out, workers=args.workers)
     print(format_report(result.report))
     print(f"wrote {result.work_dir}/metadata.parquet, labels.parquet and {REPORT}.md/.json/.png")
@@ -140,21 +155,38 @@ def _folds(args: argparse.Namespace) -> None:
 
 
 def _preprocess(args: argparse.Namespace) -> None:
-    from rsna.data.cache import CacheSpec, build_cache
+    from rsna.data.cache import build_cache
+    from rsna.data.codecs import codec_for
+    from rsna.data.sources import ImageSpec
 
-    spec = CacheSpec(size=args.size, windows=args.windows, curve=args.curve)
+    spec = ImageSpec(size=args.size, windows=args.windows, curve=args.curve)
+    codec = codec_for(args.compression, quality=args.quality)
     result = build_cache(
         args.work_dir,
         spec,
+        codec=codec,
         out=args.out,
         shard_size=args.shard_size,
         workers=args.workers,
         force=args.force,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
     )
+    per_slice = result.bytes / max(result.images, 1) / 1000
     print(
-        f"cache {result.path}: {result.images} images ({spec.describe()}); "
-        f"{result.shards_written} shards written, {result.shards_reused} reused; "
-        f"{len(result.unreadable)} unreadable (zeros): {sorted(result.unreadable)[:10]}"
+        f"store {result.path}: {result.images} images ({spec.describe()}), codec {codec.tag}; "
+        f"{result.shards_written} shards written, {result.shards_reused} reused"
+    )
+    if not result.complete:
+        print(
+            f"part {args.shard_index} of {args.num_shards} done; {result.shards_missing} shards "
+            "are other parts'. When every part is done, run the same command without "
+            "--num-shards/--shard-index to write the index (it redoes only what is missing)"
+        )
+        return
+    print(
+        f"{result.bytes / 1e6:.1f} MB, {per_slice:.1f} kB a slice; {len(result.unreadable)} "
+        f"unreadable (zeros): {sorted(result.unreadable)[:10]}"
     )
 
 
@@ -260,6 +292,22 @@ def _workers_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _parts_arguments(p: argparse.ArgumentParser) -> None:
+    """--num-shards and --shard-index: this machine's share of the work."""
+    p.add_argument(
+        "--num-shards",
+        type=_integer("num_shards", low=1),
+        default=1,
+        help="split the work into this many parts, one per machine",
+    )
+    p.add_argument(
+        "--shard-index",
+        type=_integer("shard_index", low=0),
+        default=0,
+        help="which part this machine does (0 .. num_shards - 1)",
+    )
+
+
 def _config_arguments(
     p: argparse.ArgumentParser, *, folds: bool = False, stage: str | None = None
 ) -> None:
@@ -292,6 +340,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from rsna.data.codecs import COMPRESSIONS
     from rsna.training.strategy import STRATEGIES
 
     common = _common()
@@ -344,6 +393,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=_folder("out"), required=True, help="work folder")
     _workers_argument(p)
+    _parts_arguments(p)
     p.set_defaults(run=_prepare)
 
     p = sub.add_parser(
@@ -368,6 +418,19 @@ def _parser() -> argparse.ArgumentParser:
         help="names or center/width, comma-separated",
     )
     p.add_argument("--curve", choices=["linear", "sigmoid"], default="linear")
+    p.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default="lossless",
+        help="none (raw), lossless (zstd, the default) or lossy (JPEG)",
+    )
+    p.add_argument(
+        "--quality",
+        type=_integer("quality", low=1),
+        default=None,
+        help="JPEG quality of --compression lossy (default 95)",
+    )
+    _parts_arguments(p)
     p.add_argument(
         "--shard-size",
         type=_integer("shard_size", low=1),

@@ -3,7 +3,7 @@
 Sections and keys (the shipped ``rsna/configs/demo.toml`` and ``baseline.toml`` are
 examples)::
 
-    [data]     work_dir, out_dir, cache
+    [data]     work_dir, out_dir, cache, compression, quality
     [image]    size, windows, context, curve
     [model]    backbone, weights, dropout, mixed_precision
     [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
@@ -38,8 +38,9 @@ from typing import Any, Literal
 from rsna import files, runs
 from rsna.backbones import BACKBONES, closest_backbone
 from rsna.data.augment import Augment
-from rsna.data.cache import CacheSpec
+from rsna.data.codecs import DEFAULT_QUALITY, Codec, Compression, codec_for
 from rsna.data.labels import LABELS
+from rsna.data.sources import ImageSpec
 from rsna.data.windowing import MAX_SIZE, Curve, Window, parse_windows, window_name
 from rsna.errors import RsnaError
 
@@ -88,7 +89,9 @@ class ConfigError(RsnaError):
 class DataConfig:
     work_dir: Path = Path("work")
     out_dir: Path | None = None  # default: WORK_DIR/runs/<config name>
-    cache: bool = True  # use the preprocessed cache when it is built
+    cache: bool = True  # read the preprocessed store when it is built
+    compression: Compression = "lossless"  # which store: none, lossless or lossy
+    quality: int = DEFAULT_QUALITY  # JPEG quality of a lossy store
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,9 @@ class ImageConfig:
     curve: Curve = "linear"
 
     @property
-    def spec(self) -> CacheSpec:
-        """What a preprocessed cache must hold to feed this config."""
-        return CacheSpec(size=self.size, windows=self.windows, curve=self.curve)
+    def spec(self) -> ImageSpec:
+        """What a preprocessed store must hold to feed this config."""
+        return ImageSpec(size=self.size, windows=self.windows, curve=self.curve)
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,12 @@ class Config:
     @property
     def channels(self) -> int:
         return len(self.image.windows) * (2 * self.image.context + 1)
+
+    @property
+    def codec(self) -> Codec:
+        """How the store this config reads is compressed (``data.compression``)."""
+        lossy = self.data.compression == "lossy"
+        return codec_for(self.data.compression, quality=self.data.quality if lossy else None)
 
     def stage_dir(self, stage: int = 1) -> Path:
         """The folder of `stage` (1: slice model, 2: series model) in the run folder."""
@@ -351,6 +360,7 @@ def _validate(config: Config, source: str) -> None:
         )
     checks = [
         (config.image.size >= 32, "image.size", config.image.size, "must be >= 32"),
+        (1 <= config.data.quality <= 100, "data.quality", config.data.quality, "must be in [1, 100]"),
         (config.image.size <= MAX_SIZE, "image.size", config.image.size, f"must be at most {MAX_SIZE}"),
         (config.image.context <= MAX_CONTEXT, "image.context", config.image.context, f"must be at most {MAX_CONTEXT}"),
         (config.image.size >= backbone.min_size, "image.size", config.image.size, f"must be >= {backbone.min_size} for {backbone.name}"),

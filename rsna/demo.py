@@ -71,7 +71,7 @@ def run_demo(out: str | Path = "demo", *, seed: int = 0, workers: int | None = N
         folds = make_folds(prepared.metadata, prepared.labels, n_folds=3, seed=seed)
         write_folds(folds, prepared.metadata, config.data.work_dir / FOLDS_FILE)
     lap("folds")
-    build_cache(config.data.work_dir, config.image.spec, workers=workers)
+    build_cache(config.data.work_dir, config.image.spec, codec=config.codec, workers=workers)
     lap("preprocess")
 
     from rsna.evaluate import compare_stages, evaluate, format_scores, format_stages

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import TINY, TINY_SPEC
+from harness import TINY, TINY_CODEC, TINY_SPEC
 from rsna.data.synthetic import make_competition
 from rsna.errors import DataWarning
 
@@ -37,5 +37,5 @@ def tiny_work(tiny_competition, tmp_path_factory: pytest.TempPathFactory) -> Pat
         result.metadata,
         work / "folds.csv",
     )
-    build_cache(work, TINY_SPEC, shard_size=16, workers=1)
+    build_cache(work, TINY_SPEC, codec=TINY_CODEC, shard_size=16, workers=1)
     return work

@@ -20,13 +20,15 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from rsna.data.cache import CacheSpec
+from rsna.data.codecs import codec_for
 from rsna.data.dicom import MAX_ASPECT, MAX_DIMENSION, MAX_RESCALE, quiet_rsna_uids
+from rsna.data.sources import ImageSpec
 from rsna.data.synthetic import GROUPS, SynthConfig, dicom_bytes, encode_hu
 
 __all__ = [
     "ENCODINGS",
     "TINY",
+    "TINY_CODEC",
     "TINY_SPEC",
     "encode",
     "ramp_hu",
@@ -39,7 +41,9 @@ __all__ = [
 #: The tiny competition of every session: 8 patients, 64x64 slices.
 TINY = SynthConfig(patients=8, studies=2, slices=6, size=64, seed=0)
 #: The cache the tiny work folder holds.
-TINY_SPEC = CacheSpec(size=32)
+TINY_SPEC = ImageSpec(size=32)
+#: The codec of the tiny work folder's store.
+TINY_CODEC = codec_for("lossless")
 
 
 def write_slice(

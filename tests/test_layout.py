@@ -186,3 +186,31 @@ def test_no_module_or_test_uses_another_modules_private_names():
     ]
     found = {str(p.relative_to(ROOT)): private_imports(p) for p in sources}
     assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_the_package_root_exports_lazily():
+    code = (
+        "import sys, rsna\n"
+        "assert 'tensorflow' not in sys.modules and 'pandas' not in sys.modules\n"
+        "from rsna import LABELS, load_config, preprocess, read_hu, weighted_log_loss\n"
+        "assert 'tensorflow' not in sys.modules and LABELS[-1] == 'any'\n"
+        "from rsna import DataGenerator\n"
+        "from rsna.training.generator import DataGenerator as direct\n"
+        "assert DataGenerator is direct and 'keras' in sys.modules\n"
+        "try:\n"
+        "    rsna.nope\n"
+        "except AttributeError as exc:\n"
+        "    assert 'nope' in str(exc)\n"
+        "else:\n"
+        "    raise SystemExit('rsna.nope did not fail')\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_every_exported_name_resolves():
+    import rsna
+
+    for name in rsna.__all__:
+        assert getattr(rsna, name) is not None, name

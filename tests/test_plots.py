@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from harness import TINY_SPEC
+from harness import TINY_CODEC, TINY_SPEC
 from rsna import files, plots
 from rsna.data.cache import ImageCache, cache_dir
 from rsna.data.folds import fold_table, read_folds
@@ -40,7 +40,7 @@ def data(tiny_work):
         "meta": read_metadata(tiny_work),
         "labels": read_prepared_labels(tiny_work),
         "folds": read_folds(tiny_work / "folds.csv"),
-        "images": ImageCache(cache_dir(tiny_work, TINY_SPEC)),
+        "images": ImageCache(cache_dir(tiny_work, TINY_SPEC, TINY_CODEC)),
     }
 
 

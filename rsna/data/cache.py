@@ -1,30 +1,37 @@
-"""Where windowed images come from: the DICOM files, or a preprocessed cache.
+"""The preprocessed store: every slice windowed once, compressed, in TFRecord shards.
 
-``rsna preprocess`` turns every slice into its windowed uint8 image once, in shards::
+``rsna preprocess`` writes::
 
-    WORK/cache/<name>/cache.json              size, windows, curve: what the cache holds
-    WORK/cache/<name>/index.parquet           image_id -> shard, row, ok, reason
-    WORK/cache/<name>/shard-00000.npy         uint8 (rows, size, size, channels)
-    WORK/cache/<name>/shard-00000.status.json ok and reason per row of that shard
+    WORK/cache/<spec>_<codec>/cache.json                spec, codec (name, level, version,
+                                                        lossless), shards, images, complete
+    WORK/cache/<spec>_<codec>/index.parquet             image_id -> shard, row, offset, length,
+                                                        ok, reason, series_uid, slice_index
+    WORK/cache/<spec>_<codec>/shard-00000.tfrecord      one record per slice, in series order
+    WORK/cache/<spec>_<codec>/shard-00000.status.json   ok, reason, offset, length per row
 
-Why sharded ``.npy``: reading is a memory-mapped copy of a contiguous row (no decoding,
-about 20 us for 256x256x3), the files are few (750k slices make ~730 shards, not 750k
-files), and a shard is either complete or absent. PNG saves about 3x on disk but costs
-about 1 ms a slice to decode, which cannot feed a GPU from two cores. The cost is disk:
-``size * size * channels`` bytes per slice (196 kB at 256x256x3).
-
-Images are ordered by split, series and slice index, so a slice's neighbours are in the
-same shard. A shard is written to a temporary file by worker processes, each writing its
-own rows, then moved into place; its status file is written first. A killed run therefore
-leaves only whole shards, and a rerun redoes the rest, byte for byte as an uninterrupted
-run would.
-
-:class:`ImageCache` and :class:`DicomImages` share one interface, ``read(image_id)`` and
-``readable(image_id)``, so the generator takes either.
+* **Codec** (:mod:`rsna.data.codecs`): ``none`` (raw bytes), ``lossless`` (zstd, the
+  default) or ``lossy`` (JPEG). ``cache.json`` records it; a store read with another
+  codec, spec or codec format version is an error, never a wrong image.
+* **Container**: TFRecord (:mod:`rsna.data.records`), so ``tf.data.TFRecordDataset``
+  streams a store from any path ``tf.io.gfile`` knows, ``gs://`` included, and the index's
+  offsets give random access by image ID. Every record carries CRC-32C checksums: a
+  corrupted byte fails loudly, naming the shard and the image.
+* **Shards** follow the series: a shard holds whole series, ``shard_size`` slices or a
+  little more, ordered by split, series and slice index. A slice's context neighbours
+  are always in its own shard, so a stream decodes each slice once. An unreadable slice
+  keeps its row as an empty record.
+* **Resumable and atomic**: a shard is written to a temporary file, its status file is
+  written, then the shard is moved into place. A killed run leaves whole shards only,
+  and a rerun redoes the rest, byte for byte as an uninterrupted run would.
+* **Parts across machines**: ``num_shards``/``shard_index`` give machine i the shards
+  k with k % N == i, all writing into one folder (shared storage, or folders merged
+  afterwards). The part that finds every shard done writes the index; otherwise a plain
+  run (no parts) writes it, redoing only what is missing. No image is copied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -35,84 +42,58 @@ import numpy as np
 import pandas as pd
 
 from rsna import files
+from rsna.data.codecs import Codec, CodecError, codec_for
 from rsna.data.metadata import data_dir, read_metadata
-from rsna.data.windowing import DEFAULT_WINDOWS, Curve, Preprocessor, Window, window_name
+from rsna.data.records import RecordError, read_record, write_records
+from rsna.data.sources import ImageSource, ImageSpec
 from rsna.errors import RsnaError
 from rsna.parallel import parallel_map
 
 __all__ = [
-    "CACHE_VERSION",
+    "FORMAT_VERSION",
     "INDEX_FILE",
     "SPEC_FILE",
     "CacheError",
     "CacheResult",
-    "CacheSpec",
-    "DicomImages",
     "ImageCache",
     "build_cache",
     "built_cache",
     "cache_dir",
+    "plan_shards",
 ]
 
-CACHE_VERSION = 1
+#: The layout version of a store: 1 was raw .npy shards, 2 is TFRecord shards.
+FORMAT_VERSION = 2
 SPEC_FILE, INDEX_FILE = "cache.json", "index.parquet"
 
 
 class CacheError(RsnaError):
-    """A cache is missing, incomplete, or holds other images than asked for."""
+    """A store is missing, incomplete, corrupted, or holds other images than asked for."""
 
 
-@dataclass(frozen=True)
-class CacheSpec:
-    """What a cache holds: every slice preprocessed with these options."""
-
-    size: int = 256
-    windows: tuple[Window, ...] = DEFAULT_WINDOWS
-    curve: Curve = "linear"
-
-    def __post_init__(self) -> None:
-        """Check the options as :class:`~rsna.data.windowing.Preprocessor` would, before
-        anything is written."""
-        Preprocessor(windows=self.windows, size=self.size, curve=self.curve, reuse_buffers=False)
-
-    @property
-    def channels(self) -> int:
-        return len(self.windows)
-
-    @property
-    def name(self) -> str:
-        """A folder name that tells caches apart, e.g. ``256_brain-subdural-soft``."""
-        names = "-".join(window_name(w).replace("/", "_") for w in self.windows)
-        suffix = "" if self.curve == "linear" else f"_{self.curve}"
-        return f"{self.size}_{names}{suffix}"
-
-    def to_json(self) -> dict:
-        return {
-            "version": CACHE_VERSION,
-            "size": self.size,
-            "windows": [{"center": w.center, "width": w.width} for w in self.windows],
-            "curve": self.curve,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> CacheSpec:
-        windows = tuple(Window(center=w["center"], width=w["width"]) for w in data["windows"])
-        return cls(size=int(data["size"]), windows=windows, curve=data["curve"])
-
-    def describe(self) -> str:
-        names = ",".join(window_name(w) for w in self.windows)
-        return f"size={self.size}, windows={names}, curve={self.curve}"
+def cache_dir(work_dir: str | os.PathLike[str], spec: ImageSpec, codec: Codec) -> Path:
+    """The default folder of the store of `spec` and `codec` in a work folder."""
+    return Path(work_dir) / "cache" / f"{spec.name}_{codec.tag}"
 
 
-def cache_dir(work_dir: str | os.PathLike[str], spec: CacheSpec) -> Path:
-    """The default folder of the cache for `spec` in a work folder."""
-    return Path(work_dir) / "cache" / spec.name
-
-
-def built_cache(work_dir: str | os.PathLike[str], spec: CacheSpec) -> Path | None:
-    """The default cache folder for `spec` if ``rsna preprocess`` has started it, else None."""
-    path = cache_dir(work_dir, spec)
+def built_cache(work_dir: str | os.PathLike[str], spec: ImageSpec, codec: Codec) -> Path | None:
+    """The default store folder if ``rsna preprocess`` has started it, else None."""
+    path = cache_dir(work_dir, spec, codec)
     return path if (path / SPEC_FILE).exists() else None
+
+
+def plan_shards(order: pd.DataFrame, shard_size: int) -> list[range]:
+    """Consecutive row ranges of `order` (sorted by series and slice), each whole series,
+    closed once it holds at least `shard_size` rows; images without a series stand alone."""
+    series = order["series_uid"].to_numpy()
+    shards, start = [], 0
+    for row in range(1, len(series) + 1):
+        at_end = row == len(series)
+        boundary = at_end or series[row] != series[row - 1] or series[row] == ""
+        if boundary and (row - start >= shard_size or at_end):
+            shards.append(range(start, row))
+            start = row
+    return shards
 
 
 # ------------------------------------------------------------------------------ building
@@ -126,84 +107,125 @@ class CacheResult:
     images: int
     shards_written: int
     shards_reused: int
+    shards_missing: int  # left to other parts; 0 when the store is complete
     unreadable: dict[str, str]
+    bytes: int  # on disk, over the shards that exist
+
+    @property
+    def complete(self) -> bool:
+        return self.shards_missing == 0
 
 
 def build_cache(
     work_dir: str | os.PathLike[str],
-    spec: CacheSpec = CacheSpec(),
+    spec: ImageSpec,
     *,
+    codec: Codec | None = None,
     out: str | os.PathLike[str] | None = None,
     shard_size: int = 1024,
     workers: int | None = None,
     force: bool = False,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> CacheResult:
-    """Preprocess every slice of a prepared work folder into a sharded cache.
+    """Preprocess every slice of a prepared work folder into a store; resume a killed run.
 
-    Resumes: finished shards are kept, the rest are redone.
+    Args:
+        work_dir: a work folder made by ``rsna prepare``.
+        spec: size, windows and curve.
+        codec: how images are stored (default: lossless).
+        out: the store folder (default: :func:`cache_dir`).
+        shard_size: slices per shard, rounded up to whole series.
+        workers: processes (default: all cores).
+        force: replace a store made with other options.
+        num_shards, shard_index: do only part `shard_index` of `num_shards` (one
+            machine's share); see the module docstring.
 
     Raises:
-        CacheError: the folder holds a cache made with other options (pass `force`
-            to replace it), or `shard_size` is not positive.
+        CacheError: bad options, or the folder holds a cache made with other options.
     """
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise CacheError(
-            f"`shard_size` must be a positive integer. Received: shard_size={shard_size!r}"
-        )
-    root = Path(out) if out is not None else cache_dir(work_dir, spec)
+    codec = codec or codec_for("lossless")
+    _check_options(shard_size=shard_size, num_shards=num_shards, shard_index=shard_index)
     meta = read_metadata(work_dir)  # a wrong work folder fails here, before anything is written
-    _claim(root, spec, shard_size, force=force)
-    order = meta.sort_values(["split", "series_uid", "slice_index"], kind="stable").index
+    root = Path(out) if out is not None else cache_dir(work_dir, spec, codec)
+    order = meta.sort_values(["split", "series_uid", "slice_index"], kind="stable")
+    shards = plan_shards(order, shard_size)
+    _claim(root, spec, codec, shard_size, shards=len(shards), force=force)
     base = data_dir(work_dir)
-    paths = [str(base / rel) for rel in meta.loc[order, "file"]]
-    readable = meta.loc[order, "readable"].to_numpy()
-    reasons = meta.loc[order, "reason"].to_numpy()
-    shards = [range(i, min(i + shard_size, len(order))) for i in range(0, len(order), shard_size)]
-    todo = [k for k in range(len(shards)) if not _shard_done(root, k)]
-    jobs, temps = [], {}
-    for k in todo:
-        temps[k] = _new_shard(root, k, len(shards[k]), spec)
-        jobs.extend(
-            (str(temps[k]), row, paths[i], bool(readable[i]), str(reasons[i]))
-            for row, i in enumerate(shards[k])
-        )
-    results = parallel_map(_ShardWriter(spec), jobs, workers=workers, desc="preprocess", unit="img")
-    for k in todo:
-        status = [next(results) for _ in shards[k]]
-        files.write_json(
-            _status_path(root, k), {"ok": [s[0] for s in status], "reason": [s[1] for s in status]}
-        )
-        os.replace(temps[k], _shard_path(root, k))
-    index = _write_index(root, meta.loc[order, ["series_uid", "slice_index"]], shards)
-    unreadable = index.loc[~index["ok"], "reason"].to_dict()
-    files.write_json(
-        root / SPEC_FILE,
-        {**spec.to_json(), "shard_size": shard_size, "images": len(order), "complete": True},
+    paths = [str(base / rel) for rel in order["file"]]
+    readable, reasons = order["readable"].to_numpy(), order["reason"].to_numpy()
+    mine = [k for k in range(len(shards)) if k % num_shards == shard_index]
+    todo = [k for k in mine if not _shard_done(root, k)]
+    jobs = [(paths[i], bool(readable[i]), str(reasons[i])) for k in todo for i in shards[k]]
+    encoded = parallel_map(
+        _Encoder(spec, codec), jobs, workers=workers, desc="preprocess", unit="img"
     )
-    return CacheResult(root, len(order), len(todo), len(shards) - len(todo), unreadable)
+    for k in todo:
+        _write_shard(root, k, [next(encoded) for _ in shards[k]], order.index[shards[k]])
+    missing = sum(not _shard_done(root, k) for k in range(len(shards)))
+    unreadable: dict[str, str] = {}
+    if missing == 0:
+        index = _write_index(root, order[["series_uid", "slice_index"]], shards)
+        unreadable = index.loc[~index["ok"], "reason"].to_dict()
+        files.write_json(root / SPEC_FILE, _spec_json(spec, codec, shard_size, len(shards), complete=True, images=len(order)))  # fmt: skip
+    size = sum(p.stat().st_size for p in root.glob("shard-*.tfrecord"))
+    reused = len(mine) - len(todo)
+    return CacheResult(root, len(order), len(todo), reused, missing, unreadable, size)
 
 
-def _claim(root: Path, spec: CacheSpec, shard_size: int, *, force: bool) -> None:
-    """Make `root` a cache of `spec`, refusing to mix options with an existing one."""
+def _check_options(*, shard_size: int, num_shards: int, shard_index: int) -> None:
+    for name, value, low in (("shard_size", shard_size, 1), ("num_shards", num_shards, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise CacheError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    if (
+        isinstance(shard_index, bool)
+        or not isinstance(shard_index, int)
+        or not 0 <= shard_index < num_shards
+    ):
+        raise CacheError(
+            f"`shard_index` must be in [0, num_shards={num_shards}). Received: shard_index={shard_index!r}"
+        )
+
+
+def _spec_json(spec: ImageSpec, codec: Codec, shard_size: int, shards: int, **extra) -> dict:
+    return {"format": FORMAT_VERSION, **spec.to_json(), "codec": codec.to_json(), "shard_size": shard_size, "shards": shards, **extra}  # fmt: skip
+
+
+def _claim(
+    root: Path, spec: ImageSpec, codec: Codec, shard_size: int, *, shards: int, force: bool
+) -> None:
+    """Make `root` a store of `spec` and `codec`, refusing to mix options with another."""
     spec_path = root / SPEC_FILE
     if spec_path.exists():
         old = files.read_json(spec_path)
-        same = CacheSpec.from_json(old) == spec and old.get("shard_size") == shard_size
+        wanted = _spec_json(spec, codec, shard_size, shards)
+        same = all(old.get(k) == v for k, v in wanted.items() if k != "codec") and (
+            {k: v for k, v in old.get("codec", {}).items() if k != "library"}
+            == {k: v for k, v in wanted["codec"].items() if k != "library"}
+        )
         if not same and not force:
             raise CacheError(
-                f"{root} holds a cache made with {CacheSpec.from_json(old).describe()}, "
-                f"shard_size={old.get('shard_size')}; asked for {spec.describe()}, "
-                f"shard_size={shard_size}. Use another folder, or force=True (--force) to replace it"
+                f"{root} holds a cache made with {_describe(old)}; asked for "
+                f"{spec.describe()}, codec={codec.tag}, shard_size={shard_size}. Use another "
+                "folder, or force=True (--force) to replace it"
             )
         if not same:
             shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     if not spec_path.exists():
-        files.write_json(spec_path, {**spec.to_json(), "shard_size": shard_size, "complete": False})
+        files.write_json(spec_path, _spec_json(spec, codec, shard_size, shards, complete=False))
+
+
+def _describe(stored: dict) -> str:
+    if stored.get("format") != FORMAT_VERSION:
+        return f"rsna's store format {stored.get('format', 1)} (this rsna writes {FORMAT_VERSION})"
+    codec = stored.get("codec", {})
+    spec = ImageSpec.from_json(stored)
+    return f"{spec.describe()}, codec={codec.get('name')}{codec.get('level', '')}, shard_size={stored.get('shard_size')}"
 
 
 def _shard_path(root: Path, k: int) -> Path:
-    return root / f"shard-{k:05d}.npy"
+    return root / f"shard-{k:05d}.tfrecord"
 
 
 def _status_path(root: Path, k: int) -> Path:
@@ -214,59 +236,61 @@ def _shard_done(root: Path, k: int) -> bool:
     return _shard_path(root, k).exists() and _status_path(root, k).exists()
 
 
-def _new_shard(root: Path, k: int, rows: int, spec: CacheSpec) -> Path:
-    """A zero-filled temporary shard file that workers fill row by row."""
-    temp = root / f".shard-{k:05d}.partial.npy"
-    shape = (rows, spec.size, spec.size, spec.channels)
-    np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape).flush()
-    return temp
+class _Encoder:
+    """Preprocess and encode one slice (runs in a worker process)."""
 
-
-class _ShardWriter:
-    """Preprocess one slice into its row of a temporary shard (runs in a worker)."""
-
-    def __init__(self, spec: CacheSpec) -> None:
-        self.spec = spec
-        self._preprocessor: Preprocessor | None = None
-        self._maps: dict[str, np.memmap] = {}
+    def __init__(self, spec: ImageSpec, codec: Codec) -> None:
+        self.spec, self.codec = spec, codec
+        self._preprocessor = None
 
     def __getstate__(self) -> dict:
-        return {"spec": self.spec}
+        return {"spec": self.spec, "codec": self.codec}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["spec"])
+        self.__init__(state["spec"], state["codec"])
 
-    def __call__(self, job: tuple[str, int, str, bool, str]) -> tuple[bool, str]:
-        temp, row, path, readable, reason = job
+    def __call__(self, job: tuple[str, bool, str]) -> tuple[bool, str, bytes]:
+        path, readable, reason = job
         if not readable:
-            return False, reason  # the row stays zeros
+            return False, reason, b""
         if self._preprocessor is None:
-            spec = self.spec
-            self._preprocessor = Preprocessor(
-                windows=spec.windows, size=spec.size, curve=spec.curve
-            )
+            self._preprocessor = self.spec.preprocessor()
         try:
-            image = self._preprocessor(path)
+            return True, "", self.codec.encode(self._preprocessor(path))
         except RsnaError as exc:
-            return False, str(exc)
-        if temp not in self._maps:
-            self._maps = {temp: np.load(temp, mmap_mode="r+")}  # one shard at a time
-        self._maps[temp][row] = image
-        return True, ""
+            return False, str(exc), b""
+
+
+def _write_shard(root: Path, k: int, results: list, image_ids: pd.Index) -> None:
+    """Write shard k's records to a temporary file, its status, then move it into place."""
+    temp = root / f".shard-{k:05d}.partial.tfrecord"
+    with open(temp, "wb") as fh:
+        placed = write_records(fh, [blob for _, _, blob in results])
+        fh.flush()
+        os.fsync(fh.fileno())
+    status = {
+        "image_id": list(image_ids),
+        "ok": [ok for ok, _, _ in results],
+        "reason": [reason for _, reason, _ in results],
+        "offset": [offset for offset, _ in placed],
+        "length": [length for _, length in placed],
+    }
+    files.write_json(_status_path(root, k), status)
+    os.replace(temp, _shard_path(root, k))
 
 
 def _write_index(root: Path, slices: pd.DataFrame, shards: list[range]) -> pd.DataFrame:
-    """image_id -> shard, row, ok, reason, plus series_uid and slice_index for context."""
-    shard, row, ok, reason = [], [], [], []
+    """image_id -> shard, row, offset, length, ok, reason, series_uid, slice_index."""
+    parts = []
     for k, rows in enumerate(shards):
         status = files.read_json(_status_path(root, k))
-        shard += [k] * len(rows)
-        row += list(range(len(rows)))
-        ok += status["ok"]
-        reason += status["reason"]
-    index = slices.assign(shard=shard, row=row, ok=ok, reason=reason)
-    index.index.name = "image_id"
-    index = index.astype({"shard": "int32", "row": "int32", "ok": "bool", "slice_index": "int64"})
+        if status["image_id"] != list(slices.index[rows]):
+            raise CacheError(f"{_status_path(root, k)}: the shard holds other images than planned; rebuild with --force")  # fmt: skip
+        parts.append(pd.DataFrame({"shard": k, "row": range(len(rows)), **{c: status[c] for c in ("offset", "length", "ok", "reason")}}))  # fmt: skip
+    index = pd.concat(parts, ignore_index=True)
+    index.index = slices.index
+    index = pd.concat([index, slices], axis=1)
+    index = index.astype({"shard": "int32", "row": "int32", "offset": "int64", "length": "int32", "ok": "bool", "slice_index": "int64"})  # fmt: skip
     files.write_parquet(index, root / INDEX_FILE)
     return index
 
@@ -274,163 +298,117 @@ def _write_index(root: Path, slices: pd.DataFrame, shards: list[range]) -> pd.Da
 # ------------------------------------------------------------------------------ reading
 
 
-class _ImageSource:
-    """What the generator needs of a source: membership, readability, and images.
+class ImageCache(ImageSource):
+    """Read windowed images from a store made by :func:`build_cache`, by image ID.
 
-    Subclasses set ``spec``, ``slices`` (series_uid, slice_index per image), ``_ok``
-    (image_id -> readable) and ``_reason`` (image_id -> why not), and implement
-    :meth:`read_into`, and :meth:`_open` for what each process must open for itself.
-    """
-
-    spec: CacheSpec
-    _ok: dict
-    _reason: dict
-    #: Attributes that belong to one process (open files, locks, thread-locals): they are
-    #: not pickled, and :meth:`_open` makes them anew where the source lands.
-    _per_process: tuple[str, ...] = ("_shards", "_lock", "_local")
-
-    def _open(self) -> None:
-        """Make this process's open files, locks and thread-locals."""
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in self._per_process}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._open()
-
-    def __len__(self) -> int:
-        return len(self._ok)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self._ok
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.spec.size, self.spec.size, self.spec.channels)
-
-    def readable(self, image_id: str) -> bool:
-        """False for slices that cannot be read (flagged by prepare, or zeros in a cache)."""
-        return bool(self._ok[self._locate(image_id)])
-
-    def reason(self, image_id: str) -> str:
-        """Why a slice is not readable ("" if it is)."""
-        return self._reason.get(image_id, "")
-
-    def read(self, image_id: str) -> np.ndarray:
-        """The uint8 (size, size, channels) image of one slice, as a fresh array."""
-        out = np.empty(self.shape, np.uint8)
-        self.read_into(image_id, out)
-        return out
-
-    def read_into(self, image_id: str, out: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def _locate(self, image_id: str) -> str:
-        if image_id not in self._ok:
-            raise CacheError(f"{self}: image {image_id!r} is not here")
-        return image_id
-
-
-class ImageCache(_ImageSource):
-    """Read windowed images from a cache made by :func:`build_cache`.
-
-    Shards are memory-mapped on first use, in each process (a pickled cache reopens its
-    shards where it lands). Thread-safe for reading.
+    Each read takes one record with ``os.pread`` (so threads and forked processes share
+    the open files), checks its CRC-32C checksums, and decodes it into the caller's
+    array. Nothing is memory-mapped, so reading a whole epoch does not grow the
+    process's memory.
 
     Raises:
-        CacheError: missing or incomplete cache, or one made with other options than
-            `expect`.
+        CacheError: a missing or incomplete store, one of another format version, or one
+            made with other options than `expect` or another codec than `codec`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, expect: CacheSpec | None = None) -> None:
+    _per_process = ("_fds", "_lock")
+    error = CacheError
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        expect: ImageSpec | None = None,
+        codec: Codec | None = None,
+    ) -> None:
         self.path = Path(path)
+        stored = self._stored()
+        self.spec = ImageSpec.from_json(stored)
+        try:
+            self.codec = Codec.from_json(stored["codec"], where=f"{self.path}: ")
+        except CodecError as exc:
+            raise CacheError(str(exc)) from exc
+        if expect is not None and expect != self.spec:
+            raise CacheError(
+                f"{self.path} holds images made with {self.spec.describe()}; asked for {expect.describe()}"
+            )
+        if codec is not None and codec != self.codec:
+            raise CacheError(
+                f"{self.path} is stored with codec {self.codec.tag}; asked for {codec.tag}"
+            )
+        self.index = pd.read_parquet(self.path / INDEX_FILE)
+        self.slices = self.index[["series_uid", "slice_index"]]
+        self._where = dict(
+            zip(
+                self.index.index,
+                zip(
+                    *(self.index[c].to_numpy() for c in ("shard", "offset", "length")), strict=True
+                ),
+                strict=True,
+            )
+        )
+        self._ok = dict(zip(self.index.index, self.index["ok"].to_numpy(), strict=True))
+        self._reason = self.index.loc[~self.index["ok"], "reason"].to_dict()
+        self._open()
+
+    def _stored(self) -> dict:
         spec_path = self.path / SPEC_FILE
         if not spec_path.exists():
             raise CacheError(
                 f"{self.path}: no cache here (no {SPEC_FILE}); run `rsna preprocess` first"
             )
         stored = files.read_json(spec_path)
+        if stored.get("format") != FORMAT_VERSION:
+            raise CacheError(f"{self.path}: made by {_describe(stored)}; rebuild it with `rsna preprocess --force`")  # fmt: skip
         if not stored.get("complete"):
-            raise CacheError(
-                f"{self.path}: the cache is incomplete; rerun `rsna preprocess` to finish it"
-            )
-        self.spec = CacheSpec.from_json(stored)
-        if expect is not None and expect != self.spec:
-            raise CacheError(
-                f"{self.path} holds images made with {self.spec.describe()}; asked for {expect.describe()}"
-            )
-        index = pd.read_parquet(self.path / INDEX_FILE)
-        self.slices = index[["series_uid", "slice_index"]]
-        self._row = dict(
-            zip(
-                index.index,
-                zip(index["shard"].to_numpy(), index["row"].to_numpy(), strict=True),
-                strict=True,
-            )
-        )
-        self._ok = dict(zip(index.index, index["ok"].to_numpy(), strict=True))
-        self._reason = index.loc[~index["ok"], "reason"].to_dict()
-        self._open()
+            raise CacheError(f"{self.path}: the store is incomplete; rerun `rsna preprocess` to finish it")  # fmt: skip
+        return stored
 
     def _open(self) -> None:
-        self._shards: dict[int, np.ndarray] = {}  # memory maps, opened on first use
+        self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __repr__(self) -> str:
         return f"ImageCache({self.path})"
 
+    def shard_path(self, shard: int) -> Path:
+        """The TFRecord file of shard `shard`."""
+        return _shard_path(self.path, shard)
+
     def read_into(self, image_id: str, out: np.ndarray) -> None:
-        """Copy one slice's image into `out` (a view into a batch): one copy, no allocation."""
-        shard, row = self._row[self._locate(image_id)]
-        np.copyto(out, self._shard(int(shard))[row])
-
-    def _shard(self, k: int) -> np.ndarray:
-        shard = self._shards.get(k)
-        if shard is None:
-            with self._lock:
-                shard = self._shards.get(k)
-                if shard is None:
-                    shard = np.load(self.path / f"shard-{k:05d}.npy", mmap_mode="r")
-                    self._shards[k] = shard
-        return shard
-
-
-class DicomImages(_ImageSource):
-    """Read windowed images straight from the DICOM files of a prepared work folder.
-
-    One :class:`~rsna.data.windowing.Preprocessor` per thread, created on first use.
-    """
-
-    def __init__(self, work_dir: str | os.PathLike[str], spec: CacheSpec = CacheSpec()) -> None:
-        self.spec = spec
-        meta = read_metadata(work_dir)
-        base = data_dir(work_dir)
-        self.slices = meta[["series_uid", "slice_index"]]
-        self._path = {i: str(base / f) for i, f in zip(meta.index, meta["file"], strict=True)}
-        self._ok = dict(zip(meta.index, meta["readable"].to_numpy(), strict=True))
-        self._reason = meta.loc[~meta["readable"], "reason"].to_dict()
-        self._open()
-
-    def _open(self) -> None:
-        self._local = threading.local()  # one Preprocessor per thread
-
-    def __repr__(self) -> str:
-        return f"DicomImages({len(self._path)} slices)"
-
-    def read(self, image_id: str) -> np.ndarray:
-        """The uint8 (size, size, channels) image of one slice.
+        """Decode one slice into `out` (a view into a batch).
 
         Raises:
-            rsna.data.dicom.DicomError: the file cannot be read.
+            CacheError: the record is truncated or corrupted, or does not decode to this
+                store's image shape; the message names the shard and the image. A slice
+                that was unreadable at preprocessing reads as zeros.
         """
-        preprocessor = getattr(self._local, "preprocessor", None)
-        if preprocessor is None:
-            spec = self.spec
-            preprocessor = Preprocessor(windows=spec.windows, size=spec.size, curve=spec.curve)
-            self._local.preprocessor = preprocessor
-        return preprocessor(self._path[self._locate(image_id)])
+        shard, offset, length = self._where[self._locate(image_id)]
+        if not self._ok[image_id]:  # unreadable at preprocessing: an empty record
+            out[...] = 0
+            return
+        path = self.shard_path(int(shard))
+        try:
+            data = read_record(self._fd(int(shard)), int(offset), int(length), path=path)
+            self.codec.decode_into(data, out)
+        except (RecordError, CodecError) as exc:
+            raise CacheError(f"{path}: image {image_id}: {exc}") from exc
+        except OSError as exc:
+            raise CacheError(
+                f"{path}: image {image_id}: cannot read ({exc.strerror or exc})"
+            ) from exc
 
-    def read_into(self, image_id: str, out: np.ndarray) -> None:
-        """Preprocess one slice into `out` (a view into a batch)."""
-        np.copyto(out, self.read(image_id))
+    def _fd(self, shard: int) -> int:
+        fd = self._fds.get(shard)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(shard)
+                if fd is None:
+                    fd = os.open(self.shard_path(shard), os.O_RDONLY)
+                    self._fds[shard] = fd
+        return fd

@@ -32,6 +32,7 @@ from rsna import files
 from rsna.data.dicom import check_file
 from rsna.data.labels import LABELS, check_image_id, prior, read_labels
 from rsna.data.paths import Competition, find_competition
+from rsna.data.series import slice_order
 from rsna.errors import DataWarning, RsnaError
 from rsna.parallel import default_workers, parallel_map
 
@@ -54,6 +55,7 @@ __all__ = [
     "read_metadata",
     "read_prepared_labels",
     "scan_file",
+    "scan_part",
 ]
 
 METADATA = "metadata.parquet"
@@ -155,21 +157,62 @@ def _list_files(competition: Competition) -> list[tuple[str, str, str]]:
     return jobs
 
 
+def scan_part(
+    data_dir: str | os.PathLike[str] | None,
+    work_dir: str | os.PathLike[str],
+    *,
+    num_shards: int,
+    shard_index: int,
+    workers: int | None = None,
+) -> int:
+    """Scan this machine's share of the headers: chunks k with k % num_shards == shard_index.
+
+    Every machine lists the same files, so they agree on the chunks; each writes its
+    chunks to ``WORK/cache/metadata/``. Returns how many chunks are still missing (other
+    parts'); when none is, :func:`prepare` finishes the work folder without scanning.
+
+    Raises:
+        PrepareError: `shard_index` is not in [0, num_shards).
+    """
+    if not 0 <= shard_index < num_shards:
+        raise PrepareError(
+            f"`shard_index` must be in [0, num_shards={num_shards}). Received: shard_index={shard_index}"
+        )
+    competition = find_competition(data_dir)
+    jobs = _list_files(competition)
+    if not jobs:
+        raise PrepareError(f"{competition.train_dir}: no .dcm files found")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    chunks, paths = _chunks(jobs, work)
+    mine = [k for k in range(len(chunks)) if k % num_shards == shard_index]
+    _scan_chunks(chunks, paths, mine, workers=workers or default_workers())
+    return sum(not p.exists() for p in paths)
+
+
+def _chunks(jobs: list[tuple[str, str, str]], work: Path) -> tuple[list, list[Path]]:
+    """The scan's chunks of SHARD_SIZE files, and the file each one is written to."""
+    chunks = [jobs[i : i + SHARD_SIZE] for i in range(0, len(jobs), SHARD_SIZE)]
+    shard_dir = work / SHARD_DIR
+    return chunks, [shard_dir / f"shard-{i:05d}-{_digest(c)}.parquet" for i, c in enumerate(chunks)]
+
+
+def _scan_chunks(chunks: list, paths: list[Path], chosen: list[int], *, workers: int) -> None:
+    """Scan the chosen chunks that are not on disk yet."""
+    todo = [i for i in chosen if not paths[i].exists()]
+    pending = [job for i in todo for job in chunks[i]]
+    rows = parallel_map(scan_file, pending, workers=workers, desc="scan headers", unit="file")
+    for i in todo:
+        frame = pd.DataFrame([next(rows) for _ in chunks[i]])
+        files.write_parquet(_normalise(frame), paths[i])
+
+
 def _scan(
     jobs: list[tuple[str, str, str]], root: Path, work: Path, *, workers: int
 ) -> pd.DataFrame:
-    """Scan in shards of SHARD_SIZE files; a shard already on disk is read, not rescanned."""
-    shard_dir = work / SHARD_DIR
-    shards = [jobs[i : i + SHARD_SIZE] for i in range(0, len(jobs), SHARD_SIZE)]
-    paths = [
-        shard_dir / f"shard-{i:05d}-{_digest(shard)}.parquet" for i, shard in enumerate(shards)
-    ]
-    todo = [i for i, p in enumerate(paths) if not p.exists()]
-    pending = [job for i in todo for job in shards[i]]
-    rows = parallel_map(scan_file, pending, workers=workers, desc="scan headers", unit="file")
-    for i in todo:
-        frame = pd.DataFrame([next(rows) for _ in shards[i]])
-        files.write_parquet(_normalise(frame), paths[i])
+    """Scan in chunks of SHARD_SIZE files; a chunk already on disk is read, not rescanned."""
+    chunks, paths = _chunks(jobs, work)
+    _scan_chunks(chunks, paths, list(range(len(chunks))), workers=workers)
     frames = [pd.read_parquet(p) for p in paths]
     table = pd.concat(frames) if len(frames) > 1 else frames[0]
     duplicated = table.index.duplicated()
@@ -224,21 +267,10 @@ def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_slice_order(metadata: pd.DataFrame) -> pd.DataFrame:
-    """Add ``slice_index`` (0-based, by z within the series) and ``series_length``.
-
-    Files without a series UID get index -1 and length 0.
-    """
+    """Add ``slice_index`` (0-based, by z within the series) and ``series_length``
+    (:func:`rsna.data.series.slice_order`)."""
     frame = metadata.drop(columns=["slice_index", "series_length"], errors="ignore").copy()
-    order = frame.reset_index().sort_values(
-        ["series_uid", "z", "instance_number", "image_id"], na_position="last"
-    )
-    order["slice_index"] = order.groupby("series_uid", sort=False).cumcount()
-    order["series_length"] = order.groupby("series_uid", sort=False)["image_id"].transform("size")
-    no_series = order["series_uid"] == ""
-    order.loc[no_series, ["slice_index", "series_length"]] = [-1, 0]
-    order = order.set_index("image_id")
-    frame["slice_index"] = order["slice_index"].astype("int64")
-    frame["series_length"] = order["series_length"].astype("int64")
+    frame[["slice_index", "series_length"]] = slice_order(frame)
     return frame[list(METADATA_COLUMNS)]
 
 

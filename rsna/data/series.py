@@ -2,6 +2,7 @@
 
 Everything here is NumPy and pandas:
 
+* :func:`slice_order`: each slice's place in its series, by z;
 * :func:`neighbours`: the slices around each image by z, for context channels;
 * :func:`epoch_order`: the order of an epoch as a pure function of ``(seed, epoch)``,
   shared by both Keras generators, so worker processes, resumed runs and tf.data all
@@ -31,6 +32,7 @@ __all__ = [
     "distort",
     "epoch_order",
     "neighbours",
+    "slice_order",
     "read_embeddings",
     "reversed_series",
     "slice_inputs",
@@ -82,6 +84,23 @@ def neighbours(slices: pd.DataFrame, image_ids: Sequence[str], *, context: int) 
             by_position[(s, min(max(i + d, 0), last))] for d in range(-context, context + 1)
         ]
     return table
+
+
+def slice_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """``slice_index`` (0-based, by z within the series) and ``series_length`` per image.
+
+    `frame` has ``series_uid``, ``z`` (ImagePositionPatient[2], (0020,0032)) and
+    ``instance_number`` (0020,0013), indexed by image ID; InstanceNumber and then the
+    image ID break ties of z. Images without a series UID get index -1 and length 0.
+    """
+    order = frame[["series_uid", "z", "instance_number"]].reset_index()
+    id_column = order.columns[0]
+    order = order.sort_values(["series_uid", "z", "instance_number", id_column], na_position="last")
+    order["slice_index"] = order.groupby("series_uid", sort=False).cumcount()
+    order["series_length"] = order.groupby("series_uid", sort=False)[id_column].transform("size")
+    order.loc[order["series_uid"] == "", ["slice_index", "series_length"]] = [-1, 0]
+    result = order.set_index(id_column)[["slice_index", "series_length"]].astype("int64")
+    return result.loc[frame.index]
 
 
 def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:

@@ -32,7 +32,10 @@ Contract of :class:`DataGenerator`:
 from __future__ import annotations
 
 import math
+import mmap
+import multiprocessing
 import os
+import uuid
 import warnings
 from collections.abc import Sequence
 
@@ -42,9 +45,10 @@ import pandas as pd
 
 from rsna.config import Config
 from rsna.data.augment import Augment, augment
-from rsna.data.cache import CacheSpec, DicomImages, ImageCache, built_cache
+from rsna.data.cache import ImageCache, built_cache
 from rsna.data.labels import LABELS
 from rsna.data.series import Series, distort, epoch_order, neighbours, reversed_series
+from rsna.data.sources import DicomFolder, DicomImages, ImageSource, ImageSpec
 from rsna.data.windowing import DEFAULT_WINDOWS, Window
 from rsna.errors import DataWarning, RsnaError
 
@@ -62,14 +66,17 @@ class GeneratorError(RsnaError):
 
 
 class DataGenerator(keras.utils.PyDataset):
-    """Batches of windowed slices from a cache or from DICOM files.
+    """Batches of windowed slices from a store, a prepared work folder, or a folder of DICOMs.
 
     Args:
         image_ids: the images, in the order of prediction.
         labels: the wide label table (needed when `to_fit`), or None.
-        work_dir: a prepared work folder: read the DICOM files (and metadata) from it.
-        cache: a cache folder (or :class:`ImageCache`) made by ``rsna preprocess``;
-            used instead of the DICOM files. It must hold `size` and `windows`.
+        cache: a store folder (or :class:`~rsna.data.cache.ImageCache`) made by
+            ``rsna preprocess``. It must hold `size` and `windows`. The fastest source.
+        work_dir: a prepared work folder: read its DICOM files (and metadata).
+        image_dir: a plain folder of ``<image ID>.dcm`` files, nothing prepared. With
+            ``context > 0`` the headers of every file in it are read once (series and
+            z), with a progress bar; nothing is written.
         size: image size.
         windows: the windows, one channel each (per context slice).
         batch_size: samples per batch.
@@ -89,8 +96,9 @@ class DataGenerator(keras.utils.PyDataset):
         image_ids: Sequence[str],
         labels: pd.DataFrame | None = None,
         *,
-        work_dir: str | os.PathLike[str] | None = None,
         cache: str | os.PathLike[str] | ImageCache | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        image_dir: str | os.PathLike[str] | None = None,
         size: int = 256,
         windows: Sequence[Window] = DEFAULT_WINDOWS,
         batch_size: int = 32,
@@ -110,14 +118,21 @@ class DataGenerator(keras.utils.PyDataset):
             )
         if dtype not in ("uint8", "float32"):
             raise GeneratorError(f"`dtype` must be 'uint8' or 'float32'. Received: dtype={dtype!r}")
-        self.spec = CacheSpec(size=size, windows=tuple(windows))
-        self.images = _source(work_dir=work_dir, cache=cache, spec=self.spec)
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            raise GeneratorError(
+                f"`context` must be a non-negative integer. Received: context={context!r}"
+            )
+        self.spec = ImageSpec(size=size, windows=tuple(windows))
+        self.images = _source(
+            cache=cache, work_dir=work_dir, image_dir=image_dir, spec=self.spec, context=context
+        )
         self.batch_size, self.context, self.shuffle, self.seed = batch_size, context, shuffle, seed
         self.to_fit, self.dtype, self.hflip = to_fit, dtype, hflip
         self.augment = Augment() if augment is True else (augment or None)
         self.epoch = 0
         self.skipped: list[str] = []
         self.failed: list[str] = []
+        self.decodes = 0  # slices read in this process: see load_batch
         ids = _checked_ids(image_ids, self.images)
         if to_fit:
             ids = self._drop_unreadable(ids)
@@ -126,6 +141,8 @@ class DataGenerator(keras.utils.PyDataset):
         self.unreadable = [i for i in ids if not self.images.readable(i)]
         self._slices = neighbours(self.images.slices, ids, context=context)
         self._owner = os.getpid()
+        self._recent: dict[str, np.ndarray] = {}
+        self._ring = _Ring.for_workers(self, self._shape) if dtype == "uint8" else None
 
     @classmethod
     def from_config(
@@ -138,7 +155,11 @@ class DataGenerator(keras.utils.PyDataset):
         """A generator of `config`'s images: the cache when ``data.cache`` allows and it is
         built, else the DICOMs; its size, windows and context. `options` go to the
         constructor (batch_size, shuffle, augment, to_fit, ...)."""
-        cache = built_cache(config.data.work_dir, config.image.spec) if config.data.cache else None
+        cache = (
+            built_cache(config.data.work_dir, config.image.spec, config.codec)
+            if config.data.cache
+            else None
+        )
         source = {"cache": cache} if cache is not None else {"work_dir": config.data.work_dir}
         return cls(
             image_ids,
@@ -179,22 +200,28 @@ class DataGenerator(keras.utils.PyDataset):
         return epoch_order(len(self.image_ids), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
 
     def load_batch(self, index: int, *, epoch: int):
-        """Batch `index` of `epoch`; pure, so any process or thread gives the same batch."""
+        """Batch `index` of `epoch`; pure, so any process or thread gives the same batch.
+
+        Each slice the batch needs is read once, even when it is the context of several
+        of its samples, and a slice read for the previous batch in this process is not
+        read again: predicting in series order reads every slice about once.
+        """
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
         self._setup_worker()
         rows = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
-        x = np.empty((len(rows), *self._shape), np.uint8)  # each image is read straight into it
+        x = self._batch_array(index, len(rows))  # each image is written straight into it
+        decoded = self._read_slices(rows)
         kept = np.ones(len(rows), bool)
         for k, row in enumerate(rows):
-            kept[k] = self._fill(x[k], int(row))
+            kept[k] = self._fill(x[k], int(row), decoded)
             if rng is not None and kept[k]:
                 x[k] = augment(x[k], rng, self.augment)
         if not kept.all():
             x, rows = x[kept], rows[kept]
         if self.hflip:
-            x = np.ascontiguousarray(x[:, :, ::-1])
+            x[...] = x[:, :, ::-1].copy()
         if self.dtype == "float32":
             x = x.astype(np.float32) / np.float32(255.0)
         if not self.to_fit:
@@ -207,13 +234,55 @@ class DataGenerator(keras.utils.PyDataset):
     def _shape(self) -> tuple[int, int, int]:
         return (self.spec.size, self.spec.size, self.channels)
 
-    def _fill(self, out: np.ndarray, row: int) -> bool:
+    def _batch_array(self, index: int, n: int) -> np.ndarray:
+        """Where the batch is assembled: shared memory in a worker process, else fresh."""
+        if self._ring is not None and os.getpid() != self._ring.owner:
+            return self._ring.slot(index, n)
+        return np.empty((n, *self._shape), np.uint8)
+
+    def _read_slices(self, rows: np.ndarray) -> dict[str, np.ndarray | RsnaError]:
+        """Every slice the batch needs, read once: image ID -> image (or why not)."""
+        decoded: dict[str, np.ndarray | RsnaError] = {}
+        for row in rows:
+            centre = self.image_ids[int(row)]
+            for image_id in self._slices[int(row)]:
+                image_id = self._stand_in(image_id, centre)
+                if image_id in decoded or not self.images.readable(image_id):
+                    continue
+                image = self._recent.get(image_id)
+                if image is None:
+                    try:
+                        image = self.images.read(image_id)
+                        self.decodes += 1
+                    except RsnaError as exc:
+                        image = exc
+                decoded[image_id] = image
+        self._recent = {k: v for k, v in decoded.items() if isinstance(v, np.ndarray)}
+        return decoded
+
+    def _stand_in(self, image_id: str, centre: str) -> str:
+        """An unreadable neighbour is replaced by the centre slice."""
+        return centre if image_id != centre and not self.images.readable(image_id) else image_id
+
+    def _fill(self, out: np.ndarray, row: int, decoded: dict) -> bool:
         """Write the stacked context channels of one image into `out`; False to skip it."""
         centre = self.image_ids[row]
         step = self.spec.channels
         try:
             for j, image_id in enumerate(self._slices[row]):
-                self._read_into(image_id, centre, out[..., j * step : (j + 1) * step])
+                image_id = self._stand_in(image_id, centre)
+                target = out[..., j * step : (j + 1) * step]
+                image = decoded.get(image_id)
+                if isinstance(image, np.ndarray):
+                    np.copyto(target, image)
+                elif isinstance(image, RsnaError):
+                    raise image
+                elif self.to_fit:  # a centre known to be unreadable
+                    raise GeneratorError(
+                        f"{image_id} is unreadable: {self.images.reason(image_id)}"
+                    )
+                else:
+                    target[...] = 0
         except RsnaError as exc:
             if self.to_fit:
                 warnings.warn(f"skipping {centre} in training: {exc}", DataWarning, stacklevel=2)
@@ -224,15 +293,10 @@ class DataGenerator(keras.utils.PyDataset):
             out[...] = 0
         return True
 
-    def _read_into(self, image_id: str, centre: str, out: np.ndarray) -> None:
-        if image_id != centre and not self.images.readable(image_id):
-            image_id = centre  # an unreadable neighbour: use the centre slice instead
-        if self.images.readable(image_id):
-            self.images.read_into(image_id, out)
-        elif self.to_fit:
-            raise GeneratorError(f"{image_id} is unreadable: {self.images.reason(image_id)}")
-        else:
-            out[...] = 0
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_ring"], state["_recent"] = None, {}  # shared memory belongs to its process
+        return state
 
     def _drop_unreadable(self, ids: list[str]) -> list[str]:
         bad = [i for i in ids if not self.images.readable(i)]
@@ -262,21 +326,27 @@ class DataGenerator(keras.utils.PyDataset):
             self._owner = os.getpid()
 
 
-def _source(*, work_dir, cache, spec: CacheSpec) -> ImageCache | DicomImages:
+def _source(*, cache, work_dir, image_dir, spec: ImageSpec, context: int) -> ImageSource:
+    given = [name for name, value in (("cache", cache), ("work_dir", work_dir), ("image_dir", image_dir)) if value is not None]  # fmt: skip
+    if len(given) != 1:
+        raise GeneratorError(
+            "pass `work_dir` (a prepared work folder), `cache` (a store made by rsna "
+            f"preprocess) or `image_dir` (a folder of DICOM files): one of them. Received: {given or 'none'}"
+        )
+    if isinstance(cache, ImageCache):
+        if cache.spec != spec:
+            raise GeneratorError(
+                f"{cache.path} holds {cache.spec.describe()}; asked for {spec.describe()}"
+            )
+        return cache
     if cache is not None:
-        if isinstance(cache, ImageCache):
-            if cache.spec != spec:
-                raise GeneratorError(
-                    f"{cache.path} holds {cache.spec.describe()}; asked for {spec.describe()}"
-                )
-            return cache
         return ImageCache(cache, expect=spec)
-    if work_dir is None:
-        raise GeneratorError("pass `work_dir` (read DICOMs) or `cache` (read a preprocessed cache)")
-    return DicomImages(work_dir, spec)
+    if work_dir is not None:
+        return DicomImages(work_dir, spec)
+    return DicomFolder(image_dir, spec, scan_headers=context > 0)
 
 
-def _checked_ids(image_ids: Sequence[str], images: ImageCache | DicomImages) -> list[str]:
+def _checked_ids(image_ids: Sequence[str], images: ImageSource) -> list[str]:
     ids = [str(i) for i in image_ids]
     if not ids:
         raise GeneratorError("`image_ids` is empty")
@@ -293,6 +363,61 @@ def _targets(ids: list[str], labels: pd.DataFrame | None) -> np.ndarray:
     if len(missing):
         raise GeneratorError(f"{len(missing)} images have no labels, e.g. {missing[0]!r}")
     return labels.loc[ids, list(LABELS)].to_numpy(np.float32)
+
+
+#: Shared batch rings by key, in the process that made them: a worker's batch is
+#: unpickled here as a view into its ring slot.
+_RINGS: dict[str, np.ndarray] = {}
+
+
+def _ring_view(key: str, slot: int, n: int) -> np.ndarray:
+    """Unpickle a worker's batch: a copy of the first `n` rows of slot `slot` of ring
+    `key`, so the batch stays as it is whoever keeps it and however long."""
+    return _RINGS[key][slot, :n].copy()
+
+
+class _RingBatch(np.ndarray):
+    """A batch in a ring slot: it pickles as its place, not as its 12 MB of pixels."""
+
+    def __reduce__(self):
+        return (_ring_view, (self.ring_key, self.ring_slot, self.shape[0]))
+
+
+class _Ring:
+    """Shared memory for the batches of Keras's worker processes.
+
+    Keras returns each batch from a worker through a pipe, pickled: 12 MB for 64
+    images of 256x256x3, which made two processes slower than none. Here a worker
+    writes its batch into a slot of an anonymous shared mapping made before the
+    processes fork, and sends back only the slot's number; the parent copies the slot
+    once as it receives it. Batch i uses slot i mod slots, with more slots than Keras
+    keeps batches in flight (``max_queue_size`` plus the workers), so a slot is reused
+    only after the parent has copied it. Needs the fork start method (Linux);
+    elsewhere batches travel pickled, as Keras sends them.
+    """
+
+    def __init__(self, slots: int, batch: int, shape: tuple[int, ...]) -> None:
+        self.slots, self.owner, self.key = slots, os.getpid(), uuid.uuid4().hex
+        self._memory = mmap.mmap(-1, slots * batch * int(np.prod(shape)))
+        self.array = np.frombuffer(self._memory, np.uint8).reshape(slots, batch, *shape)
+        _RINGS[self.key] = self.array
+
+    @classmethod
+    def for_workers(cls, generator: keras.utils.PyDataset, shape: tuple[int, ...]) -> _Ring | None:
+        uses_processes = generator.use_multiprocessing and generator.workers > 1
+        if not uses_processes or multiprocessing.get_start_method(allow_none=False) != "fork":
+            return None
+        slots = generator.max_queue_size + generator.workers + 2
+        return cls(slots, generator.batch_size, shape)
+
+    def slot(self, index: int, n: int) -> np.ndarray:
+        slot = index % self.slots
+        view = self.array[slot, :n].view(_RingBatch)
+        view.ring_key, view.ring_slot = self.key, slot
+        return view
+
+    def __del__(self) -> None:
+        _RINGS.pop(getattr(self, "key", ""), None)
 
 
 class EpochSync(keras.callbacks.Callback):

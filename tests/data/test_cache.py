@@ -1,4 +1,5 @@
-"""rsna.data.cache: the preprocessed cache equals preprocess(), resumes after a kill, refuses mixing."""
+"""rsna.data.cache: the store equals preprocess() in every codec, resumes after a kill,
+splits into parts, refuses mixing, and never gives a wrong image from a damaged file."""
 
 from __future__ import annotations
 
@@ -8,12 +9,23 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from harness import TINY_SPEC
+from harness import TINY_CODEC, TINY_SPEC
+from rsna import files
 from rsna.cli import main
-from rsna.data.cache import CacheError, CacheSpec, DicomImages, ImageCache, build_cache, cache_dir
+from rsna.data.cache import (
+    SPEC_FILE,
+    CacheError,
+    ImageCache,
+    build_cache,
+    cache_dir,
+    plan_shards,
+)
+from rsna.data.codecs import codec_for
 from rsna.data.metadata import data_dir, read_metadata
+from rsna.data.sources import DicomImages, ImageSpec
 from rsna.data.windowing import BONE, BRAIN, preprocess
 
 
@@ -26,7 +38,7 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def test_cache_holds_what_preprocess_gives(tiny_work):
-    cache = ImageCache(cache_dir(tiny_work, TINY_SPEC), expect=TINY_SPEC)
+    cache = ImageCache(cache_dir(tiny_work, TINY_SPEC, TINY_CODEC), expect=TINY_SPEC)
     meta = read_metadata(tiny_work)
     assert len(cache) == len(meta) and cache.shape == (32, 32, 3)
     base = data_dir(tiny_work)
@@ -38,8 +50,52 @@ def test_cache_holds_what_preprocess_gives(tiny_work):
     np.testing.assert_array_equal(dicoms.read(some), cache.read(some))
 
 
+@pytest.fixture(scope="module")
+def work_512(tmp_path_factory) -> Path:
+    """A small competition of 512x512 slices, prepared: JPEG's error depends on the size."""
+    import warnings
+
+    from rsna.data.metadata import prepare
+    from rsna.data.synthetic import SynthConfig, make_competition
+    from rsna.errors import DataWarning
+
+    root = tmp_path_factory.mktemp("c512")
+    make_competition(root / "data", SynthConfig(patients=2, studies=1, slices=6, size=512, seed=4), workers=1)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        prepare(root / "data", root / "work", workers=1)
+    return root / "work"
+
+
+@pytest.mark.parametrize(
+    ("compression", "exact"), [("none", True), ("lossless", True), ("lossy", False)]
+)
+def test_every_codec_round_trips(work_512, tmp_path, compression, exact):
+    codec, spec = codec_for(compression), ImageSpec(size=256)
+    result = build_cache(work_512, spec, codec=codec, out=tmp_path / "c", workers=1)
+    cache = ImageCache(result.path, codec=codec)
+    stored = files.read_json(result.path / SPEC_FILE)["codec"]
+    assert (stored["name"], stored["lossless"], stored["version"]) == (
+        codec.name,
+        exact,
+        codec.version,
+    )
+    meta = read_metadata(work_512)
+    base = data_dir(work_512)
+    errors = []
+    for image_id in meta.index[meta["readable"]]:
+        expected = preprocess(base / meta.at[image_id, "file"], size=256).astype(int)
+        errors.append(np.abs(cache.read(image_id).astype(int) - expected).mean())
+    if exact:
+        assert max(errors) == 0
+    else:
+        assert 0 < np.mean(errors) <= 1.5  # the issue's bound for a lossy store
+    raw = len(meta) * 256 * 256 * 3
+    assert result.bytes <= raw * {"none": 1.01, "lossless": 1 / 4, "lossy": 1 / 12}[compression]
+
+
 def test_unreadable_slices_are_zeros_with_their_reason(tiny_work, tiny_competition):
-    cache = ImageCache(cache_dir(tiny_work, TINY_SPEC))
+    cache = ImageCache(cache_dir(tiny_work, TINY_SPEC, TINY_CODEC))
     for image_id in (
         tiny_competition.manifest["corrupt"]["train"] + tiny_competition.manifest["corrupt"]["test"]
     ):
@@ -51,76 +107,155 @@ def test_unreadable_slices_are_zeros_with_their_reason(tiny_work, tiny_competiti
 
 
 def test_reading_with_other_options_is_an_error(tiny_work):
-    path = cache_dir(tiny_work, TINY_SPEC)
+    path = cache_dir(tiny_work, TINY_SPEC, TINY_CODEC)
     with pytest.raises(CacheError, match="holds images made with size=32.*asked for size=64"):
-        ImageCache(path, expect=CacheSpec(size=32 * 2))
+        ImageCache(path, expect=ImageSpec(size=32 * 2))
     with pytest.raises(CacheError, match="asked for size=32, windows=brain,bone"):
-        ImageCache(path, expect=CacheSpec(size=32, windows=(BRAIN, BONE)))
+        ImageCache(path, expect=ImageSpec(size=32, windows=(BRAIN, BONE)))
+    with pytest.raises(CacheError, match="stored with codec lossless; asked for lossy95"):
+        ImageCache(path, codec=codec_for("lossy"))
     with pytest.raises(CacheError, match="no cache here"):
         ImageCache(tiny_work / "nowhere")
 
 
+def test_a_store_of_another_format_or_codec_version_is_refused(tiny_work, tmp_path):
+    out = tmp_path / "c"
+    build_cache(tiny_work, ImageSpec(size=16), out=out, workers=1)
+    stored = files.read_json(out / SPEC_FILE)
+    files.write_json(out / SPEC_FILE, {**stored, "codec": {**stored["codec"], "version": 99}})
+    with pytest.raises(
+        CacheError, match="written with zstd format version 99; this rsna reads version 1"
+    ):
+        ImageCache(out)
+    old = {k: v for k, v in stored.items() if k not in ("format", "codec")}  # an rsna 0.1 cache
+    files.write_json(out / SPEC_FILE, old)
+    with pytest.raises(CacheError, match="made by rsna's store format 1.*rebuild it"):
+        ImageCache(out)
+
+
+def test_one_corrupted_byte_fails_loudly_naming_the_shard_and_the_image(tiny_work, tmp_path):
+    out = tmp_path / "c"
+    build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=8, workers=1)
+    cache = ImageCache(out)
+    index = cache.index[cache.index["ok"]]
+    victim = index.iloc[len(index) // 2]
+    shard = cache.shard_path(int(victim["shard"]))
+    data = bytearray(shard.read_bytes())
+    data[int(victim["offset"]) + 12 + int(victim["length"]) // 2] ^= 0x01  # one bit of its data
+    shard.write_bytes(bytes(data))
+    cache = ImageCache(out)
+    with pytest.raises(CacheError, match=f"{shard.name}.*image {victim.name}: .*checksum mismatch"):
+        cache.read(victim.name)
+    others = index[index["shard"] != victim["shard"]]
+    assert cache.read(others.index[0]).shape == (16, 16, 3)  # the rest of the store still reads
+
+
+def test_a_truncated_shard_fails_loudly(tiny_work, tmp_path):
+    out = tmp_path / "c"
+    build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=8, workers=1)
+    cache = ImageCache(out)
+    last = cache.index[cache.index["ok"]].iloc[-1]
+    shard = cache.shard_path(int(last["shard"]))
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(
+        CacheError, match=f"{shard.name}.*image {last.name}: .*ends inside the record"
+    ):
+        ImageCache(out).read(last.name)
+
+
 def test_building_over_a_cache_with_other_options_needs_force(tiny_work, tmp_path):
     out = tmp_path / "c"
-    build_cache(tiny_work, CacheSpec(size=16), out=out, shard_size=64, workers=1)
+    build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=64, workers=1)
     with pytest.raises(
         CacheError, match="holds a cache made with size=16.*Use another folder, or force=True"
     ):
-        build_cache(tiny_work, CacheSpec(size=24), out=out, shard_size=64, workers=1)
+        build_cache(tiny_work, ImageSpec(size=24), out=out, shard_size=64, workers=1)
     result = build_cache(
-        tiny_work, CacheSpec(size=24), out=out, shard_size=64, workers=1, force=True
+        tiny_work, ImageSpec(size=24), out=out, shard_size=64, workers=1, force=True
     )
     assert ImageCache(out).spec.size == 24 and result.shards_written >= 1
     with pytest.raises(
         CacheError, match="`shard_size` must be a positive integer. Received: shard_size=0"
     ):
-        build_cache(tiny_work, CacheSpec(size=24), out=out, shard_size=0)
+        build_cache(tiny_work, ImageSpec(size=24), out=out, shard_size=0)
+    with pytest.raises(
+        CacheError, match="`shard_index` must be in \\[0, num_shards=2\\). Received: shard_index=2"
+    ):
+        build_cache(tiny_work, ImageSpec(size=24), out=out, num_shards=2, shard_index=2)
 
 
 def test_rerun_reuses_finished_shards(tiny_work, tmp_path):
     out = tmp_path / "c"
-    first = build_cache(tiny_work, CacheSpec(size=16), out=out, shard_size=8, workers=1)
+    first = build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=8, workers=1)
     assert first.shards_reused == 0 and first.shards_written > 3
     before = _digest(out)
-    again = build_cache(tiny_work, CacheSpec(size=16), out=out, shard_size=8, workers=1)
+    again = build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=8, workers=1)
     assert again.shards_written == 0 and again.shards_reused == first.shards_written
     assert _digest(out) == before
+
+
+def test_shards_hold_whole_series(tiny_work):
+    cache = ImageCache(cache_dir(tiny_work, TINY_SPEC, TINY_CODEC))
+    series = cache.index[cache.index["series_uid"] != ""]
+    assert (series.groupby("series_uid")["shard"].nunique() == 1).all()  # neighbours share a shard
+    order = pd.DataFrame({"series_uid": list("aaabbcccc") + ["", ""]})
+    assert plan_shards(order, 4) == [range(0, 5), range(5, 9), range(9, 11)]  # "" rows cut anywhere
+    assert plan_shards(order, 1) == [
+        range(0, 3),
+        range(3, 5),
+        range(5, 9),
+        range(9, 10),
+        range(10, 11),
+    ]
+
+
+def test_parts_on_several_machines_make_the_single_run_store(tiny_work, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    build_cache(tiny_work, ImageSpec(size=16), out=whole, shard_size=8, workers=1)
+    first = build_cache(tiny_work, ImageSpec(size=16), out=parts, shard_size=8, workers=1, num_shards=2, shard_index=0)  # fmt: skip
+    assert not first.complete and first.shards_missing == first.shards_written > 0
+    with pytest.raises(CacheError, match="incomplete"):
+        ImageCache(parts)
+    second = build_cache(tiny_work, ImageSpec(size=16), out=parts, shard_size=8, workers=1, num_shards=2, shard_index=1)  # fmt: skip
+    assert second.complete
+    assert _digest(parts) == _digest(whole)  # no image copied, the same bytes
 
 
 KILL_AFTER_THIRD_SHARD = """
 import os, signal, sys
 import rsna.data.cache as cache
+from rsna.data.sources import ImageSpec
 
 real_replace = os.replace
 done = []
 
 def replace(src, dst):
     real_replace(src, dst)
-    if str(dst).endswith(".npy"):
+    if str(dst).endswith(".tfrecord"):
         done.append(dst)
         if len(done) == 3:
             os.kill(os.getpid(), signal.SIGKILL)
 
 cache.os.replace = replace
-cache.build_cache(sys.argv[1], cache.CacheSpec(size=16), out=sys.argv[2], shard_size=4, workers=2)
+cache.build_cache(sys.argv[1], ImageSpec(size=16), out=sys.argv[2], shard_size=4, workers=2)
 """
 
 
 @pytest.mark.slow
 def test_kill_then_rerun_gives_the_uninterrupted_cache_byte_for_byte(tiny_work, tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    build_cache(tiny_work, CacheSpec(size=16), out=whole, shard_size=4, workers=2)
+    build_cache(tiny_work, ImageSpec(size=16), out=whole, shard_size=4, workers=2)
     killed = subprocess.run(
         [sys.executable, "-c", KILL_AFTER_THIRD_SHARD, str(tiny_work), str(resumed)],
         capture_output=True,
         timeout=60,
     )
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
-    shards = sorted(resumed.glob("shard-*.npy"))
+    shards = sorted(resumed.glob("shard-*.tfrecord"))
     assert len(shards) == 3  # killed mid-run, with whole shards only
     with pytest.raises(CacheError, match="incomplete"):
         ImageCache(resumed)
-    result = build_cache(tiny_work, CacheSpec(size=16), out=resumed, shard_size=4, workers=2)
+    result = build_cache(tiny_work, ImageSpec(size=16), out=resumed, shard_size=4, workers=2)
     assert result.shards_reused == 3
     assert _digest(resumed) == _digest(whole)
     assert not list(resumed.glob(".*partial*"))
@@ -142,6 +277,18 @@ def test_cli_preprocess(tiny_work, tmp_path, capsys):
     ]
     assert main(args) == 0
     assert "2 unreadable (zeros)" in capsys.readouterr().out
-    assert ImageCache(out, expect=CacheSpec(size=16, windows=(BRAIN, BONE))).shape == (16, 16, 2)
+    assert ImageCache(out, expect=ImageSpec(size=16, windows=(BRAIN, BONE))).shape == (16, 16, 2)
     assert main([*args[:-4], "--windows", "lung", "--out", str(out)]) == 2
     assert "Unknown window 'lung'" in capsys.readouterr().err
+    assert main([*args, "--compression", "gzip"]) == 2
+    assert "argument --compression: invalid choice: 'gzip'" in capsys.readouterr().err
+    assert main([*args, "--compression", "lossless", "--quality", "90"]) == 2
+    assert (
+        "`quality` applies to lossy compression only. Received: quality=90"
+        in capsys.readouterr().err
+    )
+    assert main([*args, "--num-shards", "2", "--shard-index", "5"]) == 2
+    assert (
+        "`shard_index` must be in [0, num_shards=2). Received: shard_index=5"
+        in capsys.readouterr().err
+    )

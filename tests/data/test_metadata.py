@@ -197,3 +197,22 @@ def test_cli_synth_and_prepare(tmp_path, capsys):
     assert "already holds a competition" in capsys.readouterr().err
     assert main(["synth", str(tmp_path / "x"), "--size", "8"]) == 2
     assert "`size` must be an integer >= 32. Received: size=8" in capsys.readouterr().err
+
+
+def test_the_header_scan_splits_into_parts(tiny_competition, tmp_path, monkeypatch):
+    """Two machines scan half each; the work folder equals one machine's."""
+    from rsna.data.metadata import PrepareError, scan_part
+
+    monkeypatch.setattr(metadata, "SHARD_SIZE", 16)
+    whole = prepare(tiny_competition.root, tmp_path / "whole", workers=1)
+    assert scan_part(tiny_competition.root, tmp_path / "parts", num_shards=2, shard_index=0, workers=1) > 0  # fmt: skip
+    assert scan_part(tiny_competition.root, tmp_path / "parts", num_shards=2, shard_index=1, workers=1) == 0  # fmt: skip
+    scanned = sorted(p.name for p in (tmp_path / "parts" / "cache" / "metadata").iterdir())
+    parts = prepare(tiny_competition.root, tmp_path / "parts", workers=1)  # scans nothing more
+    assert sorted(p.name for p in (tmp_path / "parts" / "cache" / "metadata").iterdir()) == scanned
+    pd.testing.assert_frame_equal(parts.metadata, whole.metadata)
+    with pytest.raises(
+        PrepareError,
+        match="`shard_index` must be in \\[0, num_shards=2\\). Received: shard_index=3",
+    ):
+        scan_part(tiny_competition.root, tmp_path / "x", num_shards=2, shard_index=3)

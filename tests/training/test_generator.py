@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
-from harness import TINY_SPEC
+from harness import TINY_CODEC, TINY_SPEC
 from rsna.data.cache import CacheError, ImageCache, cache_dir
 from rsna.data.folds import read_folds
 from rsna.data.labels import LABELS
 from rsna.data.metadata import read_metadata, read_prepared_labels
-from rsna.errors import DataWarning
+from rsna.errors import DataWarning, RsnaError
 from rsna.training.generator import DataGenerator, EpochSync, GeneratorError, as_tf_dataset
 
 
@@ -27,7 +27,7 @@ def data(tiny_work):
     readable = meta.index[meta["readable"]]
     return {
         "work": tiny_work,
-        "cache": cache_dir(tiny_work, TINY_SPEC),
+        "cache": cache_dir(tiny_work, TINY_SPEC, TINY_CODEC),
         "meta": meta,
         "labels": labels,
         "train": [i for i in folds.index[folds != 0] if i in readable],
@@ -249,3 +249,58 @@ def test_bad_ids_and_labels(data):
         DataGenerator(data["train"], None, cache=data["cache"], size=32)
     with pytest.raises(GeneratorError, match="have no labels"):
         DataGenerator(data["test"][:3], data["labels"], cache=data["cache"], size=32)
+
+
+@pytest.mark.slow
+def test_worker_processes_send_batches_through_shared_memory(data):
+    """A worker's batch travels as its ring slot's number, not as pickled pixels, and
+    arrives as the same pixels in an array of its own."""
+    import multiprocessing
+    import pickle
+
+    from keras.src.trainers.data_adapters import py_dataset_adapter
+
+    gen = make(data, shuffle=True, context=1, workers=2, use_multiprocessing=True)
+    ring = gen._ring  # noqa: SLF001 - the ring is what this test is about
+    assert ring is not None
+    with multiprocessing.get_context("fork").Pool(
+        1, initializer=py_dataset_adapter.init_pool_generator, initargs=({7: gen},)
+    ) as pool:
+        x, y = pool.apply(py_dataset_adapter.get_index, (7, 2))
+    expected_x, expected_y = gen.load_batch(2, epoch=0)
+    np.testing.assert_array_equal(x, expected_x)
+    np.testing.assert_array_equal(y, expected_y)
+    assert not np.shares_memory(x, ring.array)  # a copy: a kept batch never changes
+    slot = ring.slot(2, len(expected_x))
+    slot[...] = expected_x
+    assert len(pickle.dumps(slot)) < 1000 < expected_x.nbytes  # what crosses the pipe
+    assert make(data, workers=2, use_multiprocessing=False)._ring is None  # noqa: SLF001 - threads
+
+
+def test_a_plain_folder_of_dicoms_needs_nothing_prepared(data, tiny_competition):
+    """The seed-style call: image IDs, the wide labels, and the folder."""
+    folder = tiny_competition.root / "stage_2_train"
+    ids = data["train"][:20]
+    for context in (0, 1):
+        seed_style = DataGenerator(ids, data["labels"], image_dir=folder, size=32, batch_size=7, context=context)  # fmt: skip
+        prepared = make(data, ids, cache=None, work_dir=data["work"], context=context)
+        for index in range(len(seed_style)):
+            xa, ya = seed_style[index]
+            xb, yb = prepared[index]
+            np.testing.assert_array_equal(xa, xb)  # neighbours found by the folder's headers
+            np.testing.assert_array_equal(ya, yb)
+    with pytest.raises(RsnaError, match="must be a folder"):
+        DataGenerator(ids, data["labels"], image_dir=folder / "nope", size=32)
+
+
+def test_context_slices_are_read_once_per_batch_and_across_batches(data):
+    meta = data["meta"]
+    test = meta[meta["readable"] & (meta["split"] == "test")].sort_values(["series_uid", "slice_index"])  # fmt: skip
+    ids = test.index.tolist()
+    gen = make(data, ids, to_fit=False, context=1, batch_size=8)
+    for index in range(len(gen)):
+        gen[index]
+    assert gen.decodes == len(ids)  # in series order every slice is read exactly once
+    shuffled = make(data, ids, to_fit=False, context=1, batch_size=len(ids))
+    shuffled[0]
+    assert shuffled.decodes == len(ids)  # within a batch: 3 uses of each slice, 1 read

@@ -1,0 +1,250 @@
+"""Where windowed images come from, behind one interface.
+
+* :class:`~rsna.data.cache.ImageCache`: a store made by ``rsna preprocess`` (fastest);
+* :class:`DicomImages`: the DICOM files of a work folder made by ``rsna prepare``;
+* :class:`DicomFolder`: a plain folder of ``<image ID>.dcm`` files, nothing prepared.
+
+Each gives ``read_into(image_id, out)``, ``readable(image_id)``, ``reason(image_id)``
+and ``slices`` (series and slice index per image, for context channels), so
+:class:`~rsna.training.generator.DataGenerator` takes any of them. An
+:class:`ImageSpec` says what the images are: size, windows and curve.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rsna.data.labels import check_image_id
+from rsna.data.metadata import data_dir, read_metadata, scan_file
+from rsna.data.series import slice_order
+from rsna.data.windowing import DEFAULT_WINDOWS, Curve, Preprocessor, Window, window_name
+from rsna.errors import RsnaError
+from rsna.parallel import parallel_map
+
+__all__ = ["DicomFolder", "DicomImages", "ImageSource", "ImageSpec", "SourceError"]
+
+
+class SourceError(RsnaError):
+    """An image is not in a source, or a source cannot be opened."""
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What the images are: every slice preprocessed with these options."""
+
+    size: int = 256
+    windows: tuple[Window, ...] = DEFAULT_WINDOWS
+    curve: Curve = "linear"
+
+    def __post_init__(self) -> None:
+        """Check the options as :class:`~rsna.data.windowing.Preprocessor` would, before
+        anything is written."""
+        Preprocessor(windows=self.windows, size=self.size, curve=self.curve, reuse_buffers=False)
+
+    @property
+    def channels(self) -> int:
+        return len(self.windows)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, self.channels)
+
+    @property
+    def name(self) -> str:
+        """A folder name that tells specs apart, e.g. ``256_brain-subdural-soft``."""
+        names = "-".join(window_name(w).replace("/", "_") for w in self.windows)
+        suffix = "" if self.curve == "linear" else f"_{self.curve}"
+        return f"{self.size}_{names}{suffix}"
+
+    def to_json(self) -> dict:
+        return {
+            "size": self.size,
+            "windows": [{"center": w.center, "width": w.width} for w in self.windows],
+            "curve": self.curve,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ImageSpec:
+        windows = tuple(Window(center=w["center"], width=w["width"]) for w in data["windows"])
+        return cls(size=int(data["size"]), windows=windows, curve=data["curve"])
+
+    def describe(self) -> str:
+        names = ",".join(window_name(w) for w in self.windows)
+        return f"size={self.size}, windows={names}, curve={self.curve}"
+
+    def preprocessor(self) -> Preprocessor:
+        return Preprocessor(windows=self.windows, size=self.size, curve=self.curve)
+
+
+class ImageSource:
+    """What the generator needs of a source: membership, readability, and images.
+
+    Subclasses set ``spec``, ``slices`` (``series_uid`` and ``slice_index`` per image),
+    ``_ok`` (image_id -> readable) and ``_reason`` (image_id -> why not), and implement
+    :meth:`read_into`, and :meth:`_open` for what each process must open for itself
+    (file descriptors, locks, thread-locals): those are dropped when the source is
+    pickled and made anew where it lands.
+    """
+
+    spec: ImageSpec
+    slices: pd.DataFrame
+    _ok: dict
+    _reason: dict
+    _per_process: tuple[str, ...] = ()
+    #: The error this source raises for an image it does not hold.
+    error: type[RsnaError] = SourceError
+
+    def _open(self) -> None:
+        """Make this process's open files, locks and thread-locals."""
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in self._per_process}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+    def __len__(self) -> int:
+        return len(self._ok)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._ok
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.spec.shape
+
+    def readable(self, image_id: str) -> bool:
+        """False for slices known to be unreadable (flagged by prepare, or in a store)."""
+        return bool(self._ok[self._locate(image_id)])
+
+    def reason(self, image_id: str) -> str:
+        """Why a slice is not readable ("" if it is)."""
+        return self._reason.get(image_id, "")
+
+    def read(self, image_id: str) -> np.ndarray:
+        """The uint8 (size, size, channels) image of one slice, as a fresh array."""
+        out = np.empty(self.shape, np.uint8)
+        self.read_into(image_id, out)
+        return out
+
+    def read_into(self, image_id: str, out: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _locate(self, image_id: str) -> str:
+        if image_id not in self._ok:
+            raise self.error(f"{self}: image {image_id!r} is not here")
+        return image_id
+
+
+class _Dicoms(ImageSource):
+    """DICOM files preprocessed on read, with one Preprocessor per thread."""
+
+    _path: dict[str, str]
+    _per_process = ("_local",)
+
+    def _open(self) -> None:
+        self._local = threading.local()
+
+    def read(self, image_id: str) -> np.ndarray:
+        """The uint8 (size, size, channels) image of one slice.
+
+        Raises:
+            rsna.data.dicom.DicomError: the file cannot be read.
+        """
+        preprocessor = getattr(self._local, "preprocessor", None)
+        if preprocessor is None:
+            preprocessor = self.spec.preprocessor()
+            self._local.preprocessor = preprocessor
+        return preprocessor(self._path[self._locate(image_id)])
+
+    def read_into(self, image_id: str, out: np.ndarray) -> None:
+        """Preprocess one slice into `out` (a view into a batch)."""
+        np.copyto(out, self.read(image_id))
+
+
+class DicomImages(_Dicoms):
+    """Read windowed images straight from the DICOM files of a prepared work folder."""
+
+    def __init__(self, work_dir: str | os.PathLike[str], spec: ImageSpec = ImageSpec()) -> None:
+        self.spec = spec
+        meta = read_metadata(work_dir)
+        base = data_dir(work_dir)
+        self.slices = meta[["series_uid", "slice_index"]]
+        self._path = {i: str(base / f) for i, f in zip(meta.index, meta["file"], strict=True)}
+        self._ok = dict(zip(meta.index, meta["readable"].to_numpy(), strict=True))
+        self._reason = meta.loc[~meta["readable"], "reason"].to_dict()
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"DicomImages({len(self._path)} slices)"
+
+
+class DicomFolder(_Dicoms):
+    """Read windowed images from a plain folder of ``<image ID>.dcm`` files.
+
+    Nothing needs to be prepared. With `scan_headers` (needed for context slices), the
+    headers of every file in the folder are read once, on all cores with a progress
+    bar, for each slice's series and z; nothing is written. Without it, every image is
+    its own series, and a file that cannot be read is found when it is read.
+
+    Raises:
+        SourceError: the folder does not exist or holds no DICOM files.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | os.PathLike[str],
+        spec: ImageSpec = ImageSpec(),
+        *,
+        scan_headers: bool = False,
+        workers: int | None = None,
+    ) -> None:
+        self.spec, self.image_dir = spec, Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise SourceError(
+                f"`image_dir` must be a folder. Received: image_dir={str(image_dir)!r}"
+            )
+        names = sorted(e.name for e in os.scandir(self.image_dir) if e.name.endswith(".dcm"))
+        ids = [name[:-4] for name in names]
+        for image_id in ids:
+            check_image_id(image_id, where=str(self.image_dir))
+        if not ids:
+            raise SourceError(f"{self.image_dir}: no .dcm files")
+        self._path = {i: str(self.image_dir / n) for i, n in zip(ids, names, strict=True)}
+        self._ok, self._reason = dict.fromkeys(ids, True), {}
+        self.slices = pd.DataFrame(
+            {"series_uid": "", "slice_index": -1}, index=pd.Index(ids, name="image_id")
+        )
+        if scan_headers:
+            self._scan(names, workers=workers)
+        self._open()
+
+    def _scan(self, names: list[str], *, workers: int | None) -> None:
+        jobs = [(str(self.image_dir), name, "") for name in names]
+        rows = pd.DataFrame(
+            list(parallel_map(scan_file, jobs, workers=workers, desc="read headers"))
+        )
+        rows = rows.set_index("image_id")
+        for column, fill in (("series_uid", ""), ("z", np.nan), ("instance_number", -1)):
+            rows[column] = rows.get(column, fill)
+            rows[column] = rows[column].fillna(fill)
+        self.slices = pd.DataFrame(
+            {
+                "series_uid": rows["series_uid"].astype(str),
+                "slice_index": slice_order(rows)["slice_index"],
+            }
+        )
+        bad = rows.index[~rows["readable"].astype(bool)]
+        for image_id in bad:
+            self._ok[image_id] = False
+            self._reason[image_id] = str(rows.at[image_id, "reason"])
+
+    def __repr__(self) -> str:
+        return f"DicomFolder({self.image_dir}, {len(self._path)} files)"
