@@ -78,16 +78,25 @@ def read_record(fd: int, offset: int, length: int, *, path: str | os.PathLike[st
     """
     size = HEADER_BYTES + length + FOOTER_BYTES
     raw = os.pread(fd, size, offset)
-    where = f"{Path(path).name} at byte {offset}"
     if len(raw) < size:
-        raise RecordError(f"{where}: the file ends inside the record ({len(raw)} of {size} bytes)")
+        raise RecordError(
+            f"{_where(path, offset)}: the file ends inside the record ({len(raw)} of {size} bytes)"
+        )
     stored_length, length_crc = _HEADER.unpack_from(raw, 0)
     if length_crc != masked_crc(raw[:8]) or stored_length != length:
         raise RecordError(
-            f"{where}: the record's length is corrupted (reads {stored_length}, the index says {length})"
+            f"{_where(path, offset)}: the record's length is corrupted "
+            f"(reads {stored_length}, the index says {length})"
         )
     data = raw[HEADER_BYTES : HEADER_BYTES + length]
     (data_crc,) = _FOOTER.unpack_from(raw, HEADER_BYTES + length)
     if data_crc != masked_crc(data):
-        raise RecordError(f"{where}: checksum mismatch, the record's data is corrupted")
+        raise RecordError(
+            f"{_where(path, offset)}: checksum mismatch, the record's data is corrupted"
+        )
     return data
+
+
+def _where(path: str | os.PathLike[str], offset: int) -> str:
+    """Where a record is, for a message (made only when one is needed)."""
+    return f"{Path(path).name} at byte {offset}"

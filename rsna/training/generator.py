@@ -35,8 +35,10 @@ import math
 import mmap
 import multiprocessing
 import os
+import threading
 import uuid
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import keras
@@ -132,7 +134,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.epoch = 0
         self.skipped: list[str] = []
         self.failed: list[str] = []
-        self.decodes = 0  # slices read in this process: see load_batch
+        self._decoded: dict[int, int] = {}  # slices read, by thread: see `decodes`
         ids = _checked_ids(image_ids, self.images)
         if to_fit:
             ids = self._drop_unreadable(ids)
@@ -141,7 +143,7 @@ class DataGenerator(keras.utils.PyDataset):
         self.unreadable = [i for i in ids if not self.images.readable(i)]
         self._slices = neighbours(self.images.slices, ids, context=context)
         self._owner = os.getpid()
-        self._recent: dict[str, np.ndarray] = {}
+        self._local = threading.local()  # each thread's scratch buffers and last batch
         self._ring = _Ring.for_workers(self, self._shape) if dtype == "uint8" else None
 
     @classmethod
@@ -181,6 +183,24 @@ class DataGenerator(keras.utils.PyDataset):
         return len(self)
 
     @property
+    def decodes(self) -> int:
+        """Slices read from the source in this process, all threads together."""
+        return sum(self._decoded.values())
+
+    def _count_decode(self) -> None:
+        thread = threading.get_ident()
+        self._decoded[thread] = self._decoded.get(thread, 0) + 1
+
+    @property
+    def use_multiprocessing(self) -> bool:
+        """Worker processes for DICOM sources; threads for a store even when processes are
+        asked for. A store's decoders (zstd, OpenCV) release the GIL, so threads scale on
+        their own, while processes would add a fork each epoch and shared-memory page
+        faults: measured slower than one worker (``scripts/bench_scale.py``). The batches
+        are the same either way."""
+        return bool(self._use_multiprocessing) and not isinstance(self.images, ImageCache)
+
+    @property
     def channels(self) -> int:
         return self.spec.channels * (2 * self.context + 1)
 
@@ -212,7 +232,7 @@ class DataGenerator(keras.utils.PyDataset):
         rows = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
         x = self._batch_array(index, len(rows))  # each image is written straight into it
-        decoded = self._read_slices(rows)
+        decoded = self._read_slices(rows) if self.context else None
         kept = np.ones(len(rows), bool)
         for k, row in enumerate(rows):
             kept[k] = self._fill(x[k], int(row), decoded)
@@ -235,54 +255,80 @@ class DataGenerator(keras.utils.PyDataset):
         return (self.spec.size, self.spec.size, self.channels)
 
     def _batch_array(self, index: int, n: int) -> np.ndarray:
-        """Where the batch is assembled: shared memory in a worker process, else fresh."""
+        """Where the batch is assembled: a free ring slot in a worker process, else fresh."""
         if self._ring is not None and os.getpid() != self._ring.owner:
-            return self._ring.slot(index, n)
+            slot = self._ring.slot(index, n)
+            if slot is not None:
+                return slot
         return np.empty((n, *self._shape), np.uint8)
 
     def _read_slices(self, rows: np.ndarray) -> dict[str, np.ndarray | RsnaError]:
-        """Every slice the batch needs, read once: image ID -> image (or why not)."""
-        decoded: dict[str, np.ndarray | RsnaError] = {}
+        """Every slice the batch's context stacks need, read once: image ID -> image (or
+        why not). Slices go into one of two scratch buffers, reused batch after batch
+        (no fresh half-megabyte arrays), and a slice the previous batch read is copied
+        from the other buffer instead of read again."""
+        needed: dict[str, None] = {}
         for row in rows:
             centre = self.image_ids[int(row)]
             for image_id in self._slices[int(row)]:
                 image_id = self._stand_in(image_id, centre)
-                if image_id in decoded or not self.images.readable(image_id):
+                if self.images.readable(image_id):
+                    needed[image_id] = None
+        buffer = self._scratch(len(needed))
+        recent = self._local.recent
+        decoded: dict[str, np.ndarray | RsnaError] = {}
+        for j, image_id in enumerate(needed):
+            target, previous = buffer[j], recent.get(image_id)
+            if previous is not None:
+                np.copyto(target, previous)
+            else:
+                try:
+                    self.images.read_into(image_id, target)
+                    self._count_decode()
+                except RsnaError as exc:
+                    decoded[image_id] = exc
                     continue
-                image = self._recent.get(image_id)
-                if image is None:
-                    try:
-                        image = self.images.read(image_id)
-                        self.decodes += 1
-                    except RsnaError as exc:
-                        image = exc
-                decoded[image_id] = image
-        self._recent = {k: v for k, v in decoded.items() if isinstance(v, np.ndarray)}
+            decoded[image_id] = target
+        self._local.recent = {k: v for k, v in decoded.items() if isinstance(v, np.ndarray)}
         return decoded
+
+    def _scratch(self, n: int) -> np.ndarray:
+        """This thread's scratch buffer for `n` slices; the other one holds its last batch's."""
+        local = self._local
+        if getattr(local, "buffers", None) is None or len(local.buffers[0]) < n:
+            size = max(n, self.batch_size * (2 * self.context + 1))
+            local.buffers = [np.empty((size, *self.images.shape), np.uint8) for _ in range(2)]
+            local.recent, local.flip = {}, 0
+        local.flip ^= 1
+        return local.buffers[local.flip]
 
     def _stand_in(self, image_id: str, centre: str) -> str:
         """An unreadable neighbour is replaced by the centre slice."""
         return centre if image_id != centre and not self.images.readable(image_id) else image_id
 
-    def _fill(self, out: np.ndarray, row: int, decoded: dict) -> bool:
-        """Write the stacked context channels of one image into `out`; False to skip it."""
+    def _fill(self, out: np.ndarray, row: int, decoded: dict | None) -> bool:
+        """Write the stacked context channels of one image into `out`; False to skip it.
+
+        Without context (`decoded` is None) the slice is decoded straight into `out`."""
         centre = self.image_ids[row]
         step = self.spec.channels
         try:
             for j, image_id in enumerate(self._slices[row]):
                 image_id = self._stand_in(image_id, centre)
                 target = out[..., j * step : (j + 1) * step]
-                image = decoded.get(image_id)
-                if isinstance(image, np.ndarray):
-                    np.copyto(target, image)
-                elif isinstance(image, RsnaError):
-                    raise image
-                elif self.to_fit:  # a centre known to be unreadable
-                    raise GeneratorError(
-                        f"{image_id} is unreadable: {self.images.reason(image_id)}"
-                    )
-                else:
+                if not self.images.readable(image_id):  # a centre known to be unreadable
+                    if self.to_fit:
+                        raise GeneratorError(
+                            f"{image_id} is unreadable: {self.images.reason(image_id)}"
+                        )
                     target[...] = 0
+                elif decoded is None:
+                    self.images.read_into(image_id, target)
+                    self._count_decode()
+                elif isinstance(image := decoded[image_id], RsnaError):
+                    raise image
+                else:
+                    np.copyto(target, image)
         except RsnaError as exc:
             if self.to_fit:
                 warnings.warn(f"skipping {centre} in training: {exc}", DataWarning, stacklevel=2)
@@ -295,8 +341,13 @@ class DataGenerator(keras.utils.PyDataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_ring"], state["_recent"] = None, {}  # shared memory belongs to its process
+        state["_ring"] = None  # shared memory and thread-locals belong to their process
+        state["_local"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     def _drop_unreadable(self, ids: list[str]) -> list[str]:
         bad = [i for i in ids if not self.images.readable(i)]
@@ -367,13 +418,13 @@ def _targets(ids: list[str], labels: pd.DataFrame | None) -> np.ndarray:
 
 #: Shared batch rings by key, in the process that made them: a worker's batch is
 #: unpickled here as a view into its ring slot.
-_RINGS: dict[str, np.ndarray] = {}
+_RINGS: dict[str, _Ring] = {}
 
 
 def _ring_view(key: str, slot: int, n: int) -> np.ndarray:
-    """Unpickle a worker's batch: a copy of the first `n` rows of slot `slot` of ring
-    `key`, so the batch stays as it is whoever keeps it and however long."""
-    return _RINGS[key][slot, :n].copy()
+    """Unpickle a worker's batch: the first `n` rows of slot `slot` of ring `key`, leased
+    to whoever holds the returned array (see :class:`_Ring`)."""
+    return _RINGS[key].lease(slot, n)
 
 
 class _RingBatch(np.ndarray):
@@ -384,23 +435,35 @@ class _RingBatch(np.ndarray):
 
 
 class _Ring:
-    """Shared memory for the batches of Keras's worker processes.
+    """Shared memory for the batches of Keras's worker processes, handed over without copies.
 
     Keras returns each batch from a worker through a pipe, pickled: 12 MB for 64
     images of 256x256x3, which made two processes slower than none. Here a worker
     writes its batch into a slot of an anonymous shared mapping made before the
-    processes fork, and sends back only the slot's number; the parent copies the slot
-    once as it receives it. Batch i uses slot i mod slots, with more slots than Keras
-    keeps batches in flight (``max_queue_size`` plus the workers), so a slot is reused
-    only after the parent has copied it. Needs the fork start method (Linux);
-    elsewhere batches travel pickled, as Keras sends them.
+    processes fork, and sends back only the slot's number; the parent's array is a view
+    of the slot, no copy.
+
+    A slot is **leased** while any array made from that view lives (a weakref
+    finalizer clears the lease), and a worker writes into a slot only when it is not
+    leased; otherwise it makes a fresh array, which travels pickled. So a batch never
+    changes under whoever holds it, however long. Batch i uses slot i mod slots, with
+    more slots than Keras keeps batches in flight (``max_queue_size`` plus the workers):
+    in ``fit`` and ``predict`` a batch is released long before its slot comes round.
+    Needs the fork start method (Linux); elsewhere batches travel pickled, as Keras sends
+    them.
     """
 
     def __init__(self, slots: int, batch: int, shape: tuple[int, ...]) -> None:
         self.slots, self.owner, self.key = slots, os.getpid(), uuid.uuid4().hex
-        self._memory = mmap.mmap(-1, slots * batch * int(np.prod(shape)))
-        self.array = np.frombuffer(self._memory, np.uint8).reshape(slots, batch, *shape)
-        _RINGS[self.key] = self.array
+        self.batch, self.shape = batch, tuple(shape)
+        self.slot_bytes = batch * int(np.prod(shape))
+        self._memory = mmap.mmap(-1, slots * self.slot_bytes + slots)
+        self.array = np.frombuffer(self._memory, np.uint8, count=slots * self.slot_bytes)
+        self.array = self.array.reshape(slots, batch, *shape)
+        self.leases = np.frombuffer(
+            self._memory, np.uint8, count=slots, offset=slots * self.slot_bytes
+        )
+        _RINGS[self.key] = self
 
     @classmethod
     def for_workers(cls, generator: keras.utils.PyDataset, shape: tuple[int, ...]) -> _Ring | None:
@@ -410,11 +473,26 @@ class _Ring:
         slots = generator.max_queue_size + generator.workers + 2
         return cls(slots, generator.batch_size, shape)
 
-    def slot(self, index: int, n: int) -> np.ndarray:
+    def slot(self, index: int, n: int) -> np.ndarray | None:
+        """In a worker: where batch `index` goes, or None while its slot is leased."""
         slot = index % self.slots
+        if self.leases[slot]:
+            return None
         view = self.array[slot, :n].view(_RingBatch)
         view.ring_key, view.ring_slot = self.key, slot
         return view
+
+    def lease(self, slot: int, n: int) -> np.ndarray:
+        """In the parent: a view of a slot's first `n` rows, leased until it is freed."""
+        start = slot * self.slot_bytes
+        row = self.slot_bytes // self.batch
+        # A view made from a memoryview of its own, not from self.array: arrays made
+        # from it (reshapes, slices, a tensor that wraps it) keep it alive, so the
+        # finalizer runs only when the last of them is gone.
+        owner = np.frombuffer(memoryview(self._memory)[start : start + n * row], np.uint8)
+        self.leases[slot] = 1
+        weakref.finalize(owner, self.leases.__setitem__, slot, 0)
+        return owner.reshape(n, *self.shape)
 
     def __del__(self) -> None:
         _RINGS.pop(getattr(self, "key", ""), None)

@@ -177,10 +177,20 @@ def test_pickles_and_gives_the_same_batches(data):
 
 
 @pytest.mark.slow
-def test_worker_processes_give_the_samples_of_the_main_process(data):
-    reference = make(data, shuffle=True, augment=True, context=1)
+@pytest.mark.parametrize("source", ["cache", "work_dir"])
+def test_worker_processes_give_the_samples_of_the_main_process(data, source):
+    """Processes (DICOMs) or threads (a store): the same batches as the main process."""
+    if source == "work_dir":
+        data = {**data, "cache": None}
+    reference = make(
+        data,
+        shuffle=True,
+        augment=True,
+        context=1,
+        **({"work_dir": data["work"]} if source == "work_dir" else {}),
+    )
     expected = all_batches(reference, epoch=0) + all_batches(reference, epoch=1)
-    gen = make(data, shuffle=True, augment=True, context=1, workers=2, use_multiprocessing=True)
+    gen = make(data, shuffle=True, augment=True, context=1, workers=2, use_multiprocessing=True, **({"work_dir": data["work"]} if source == "work_dir" else {}))  # fmt: skip
     adapter = PyDatasetAdapter(gen, shuffle=False)
     got = []
     for _ in range(2):
@@ -254,27 +264,42 @@ def test_bad_ids_and_labels(data):
 @pytest.mark.slow
 def test_worker_processes_send_batches_through_shared_memory(data):
     """A worker's batch travels as its ring slot's number, not as pickled pixels, and
-    arrives as the same pixels in an array of its own."""
+    arrives as a view of the slot; while anything holds it, no worker writes there."""
+    import gc
     import multiprocessing
     import pickle
 
     from keras.src.trainers.data_adapters import py_dataset_adapter
 
-    gen = make(data, shuffle=True, context=1, workers=2, use_multiprocessing=True)
+    # batches of 1, so that there are batches enough for a slot to come round
+    gen = make(data, batch_size=1, shuffle=True, context=1, workers=2, use_multiprocessing=True, cache=None, work_dir=data["work"])  # fmt: skip
     ring = gen._ring  # noqa: SLF001 - the ring is what this test is about
-    assert ring is not None
+    assert ring is not None and len(gen) > 2 + ring.slots
+    expected_x, expected_y = gen.load_batch(2, epoch=0)
     with multiprocessing.get_context("fork").Pool(
         1, initializer=py_dataset_adapter.init_pool_generator, initargs=({7: gen},)
     ) as pool:
         x, y = pool.apply(py_dataset_adapter.get_index, (7, 2))
-    expected_x, expected_y = gen.load_batch(2, epoch=0)
-    np.testing.assert_array_equal(x, expected_x)
-    np.testing.assert_array_equal(y, expected_y)
-    assert not np.shares_memory(x, ring.array)  # a copy: a kept batch never changes
-    slot = ring.slot(2, len(expected_x))
-    slot[...] = expected_x
-    assert len(pickle.dumps(slot)) < 1000 < expected_x.nbytes  # what crosses the pipe
+        np.testing.assert_array_equal(x, expected_x)
+        np.testing.assert_array_equal(y, expected_y)
+        assert np.shares_memory(x, ring.array)  # no copy
+        slot = 2 % ring.slots
+        assert ring.leases[slot] == 1
+        kept = x[1:3]  # a slice of the batch keeps the lease too
+        again = 2 + ring.slots  # the next batch for this slot, while it is leased
+        x2, _ = pool.apply(py_dataset_adapter.get_index, (7, again))
+        assert not np.shares_memory(x2, ring.array)  # it travelled pickled instead
+        np.testing.assert_array_equal(kept, expected_x[1:3])  # and the held batch is intact
+        del x, kept
+        gc.collect()
+        assert ring.leases[slot] == 0  # released with the last array that used it
+        x3, _ = pool.apply(py_dataset_adapter.get_index, (7, again))
+        assert np.shares_memory(x3, ring.array)
+    view = ring.slot(5, len(expected_x))
+    assert len(pickle.dumps(view)) < 1000 < expected_x.nbytes  # what crosses the pipe
     assert make(data, workers=2, use_multiprocessing=False)._ring is None  # noqa: SLF001 - threads
+    store = make(data, workers=2, use_multiprocessing=True)  # a store's decoders release the GIL
+    assert not store.use_multiprocessing and store._ring is None  # noqa: SLF001 - threads
 
 
 def test_a_plain_folder_of_dicoms_needs_nothing_prepared(data, tiny_competition):
