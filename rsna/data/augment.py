@@ -5,6 +5,13 @@ composed into a single 2x3 matrix and applied with one ``cv2.warpAffine`` to eve
 channel, so adjacent-slice context channels move together. Uncovered pixels become 0,
 which is the level of air in every preset window.
 
+The warp samples the nearest pixel by default. Bilinear sampling averages neighbours at
+random sub-pixel offsets, which lowers the pixel noise of every training image but of no
+validation image; batch norm then learns statistics that do not fit unwarped slices, and
+validation swings from epoch to epoch (on the demo, fold 2's inference-mode loss went
+0.11 -> 0.93 -> 0.46 while the same weights with batch statistics stayed at 0.08).
+Nearest keeps every pixel value as it was.
+
 Randomness comes only from the generator passed in; the data generator seeds it from
 ``(seed, epoch, batch index)``, so worker processes never repeat each other and a
 resumed epoch sees the same augmentation.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -21,13 +29,25 @@ import numpy as np
 from rsna.errors import RsnaError
 
 __all__ = [
+    "INTERPOLATIONS",
     "Augment",
     "AugmentError",
+    "Interpolation",
     "apply_affine",
     "augment",
     "is_identity",
     "random_affine",
 ]
+
+
+#: cv2 flags for `Augment.interpolation`.
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+}
+
+Interpolation = Literal["nearest", "linear", "cubic"]
 
 
 class AugmentError(RsnaError):
@@ -43,14 +63,22 @@ class Augment:
         shift: largest shift, as a fraction of the image size.
         scale: largest relative zoom, in or out.
         rotate: largest rotation, degrees.
+        interpolation: how the warp samples pixels; ``"nearest"`` keeps the pixel
+            statistics of unwarped slices (see the module docstring).
     """
 
     flip: bool = True
     shift: float = 0.0625
     scale: float = 0.1
     rotate: float = 15.0
+    interpolation: Interpolation = "nearest"
 
     def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise AugmentError(
+                f"`interpolation` must be one of {sorted(INTERPOLATIONS)}. "
+                f"Received: interpolation={self.interpolation!r}"
+            )
         for name, high in (("shift", 0.5), ("scale", 0.5), ("rotate", 180.0)):
             value = getattr(self, name)
             if not 0.0 <= value <= high:
@@ -74,14 +102,16 @@ def random_affine(rng: np.random.Generator, *, size: int, config: Augment) -> np
     return matrix[:2].astype(np.float32)
 
 
-def apply_affine(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+def apply_affine(
+    image: np.ndarray, matrix: np.ndarray, *, interpolation: Interpolation = "nearest"
+) -> np.ndarray:
     """Warp an (H, W, C) image with a 2x3 matrix; uncovered pixels are 0."""
     height, width = image.shape[:2]
     warped = cv2.warpAffine(
         image,
         matrix,
         (width, height),
-        flags=cv2.INTER_LINEAR,
+        flags=INTERPOLATIONS[interpolation],
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
@@ -90,7 +120,8 @@ def apply_affine(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 def augment(image: np.ndarray, rng: np.random.Generator, config: Augment) -> np.ndarray:
     """One random warp of a square (size, size, channels) image."""
-    return apply_affine(image, random_affine(rng, size=image.shape[0], config=config))
+    matrix = random_affine(rng, size=image.shape[0], config=config)
+    return apply_affine(image, matrix, interpolation=config.interpolation)
 
 
 def is_identity(config: Augment) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from rsna.data.augment import Augment, AugmentError, apply_affine, random_affine
+from rsna.data.augment import Augment, AugmentError, apply_affine, augment, random_affine
 
 
 def test_augment_closed_forms():
@@ -28,3 +30,30 @@ def test_augment_closed_forms():
         AugmentError, match="`rotate` must be in \\[0, 180\\]. Received: rotate=200"
     ):
         Augment(rotate=200)
+
+
+def test_nearest_keeps_pixel_statistics_that_linear_smooths_away():
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    half_pixel = np.array([[1, 0, 0.5], [0, 1, 0.5]], np.float32)
+    inner = (slice(2, -2), slice(2, -2))
+    nearest = apply_affine(noise, half_pixel)[inner]
+    linear = apply_affine(noise, half_pixel, interpolation="linear")[inner]
+    assert set(np.unique(nearest)) <= set(np.unique(noise))
+    # nearest copies pixels; linear averages 4 independent ones, a quarter of the variance
+    assert nearest.var() == pytest.approx(noise.var(), rel=0.05)
+    assert linear.var() == pytest.approx(noise.var() / 4, rel=0.1)
+
+
+def test_interpolation_is_checked_and_reaches_the_warp():
+    with pytest.raises(
+        AugmentError, match="`interpolation` must be one of .* Received: interpolation='area'"
+    ):
+        Augment(interpolation="area")
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 1)).astype(np.uint8)
+    rotate = Augment(flip=False, shift=0, scale=0, rotate=20)
+    seeded = [
+        augment(image, np.random.default_rng(3), replace(rotate, interpolation=name))
+        for name in ("nearest", "linear")
+    ]
+    assert set(np.unique(seeded[0])) <= set(np.unique(image)) | {0}
+    assert not np.array_equal(seeded[0], seeded[1])
