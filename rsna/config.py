@@ -7,10 +7,11 @@ examples)::
     [image]    size, windows, context, curve
     [model]    backbone, weights, dropout, mixed_precision
     [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
-               patience, label_weights, augment, seed, workers
-    [augment]  flip, shift, scale, rotate
+               patience, label_weights, augment, seed, deterministic,
+               workers
+    [augment]  flip, shift, scale, rotate, interpolation
     [predict]  tta, ensemble, clip, batch_size
-    [sequence] inputs, units, dropout, epochs, batch_size, learning_rate, patience, tta_reverse, jitter
+    [sequence] inputs, units, dropout, conv, epochs, batch_size, learning_rate, patience, tta_reverse, jitter
 
 Each TOML value is converted by the declared type of its field (``int``, ``float``,
 ``bool``, ``str``, a ``Literal`` of choices, ``Path``, ``Path | None``, a tuple of any of
@@ -127,6 +128,9 @@ class TrainConfig:
     label_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
     augment: bool = True
     seed: int = 0
+    #: Deterministic TF ops (tf.config.experimental.enable_op_determinism): the same config
+    #: and seed give the same bits on the same machine, at some speed on GPUs.
+    deterministic: bool = False
     workers: int = 1
 
 
@@ -145,6 +149,7 @@ class SequenceConfig:
     inputs: tuple[SequenceInput, ...] = ("logits",)  # of the stage-1 model
     units: int = 64
     dropout: float = 0.1
+    conv: int = 0  # kernel size of a 1-D convolution along z beside the GRU; 0 for none
     epochs: int = 30
     batch_size: int = 8  # series per batch
     learning_rate: float = 3e-3
@@ -386,6 +391,7 @@ def _validate(config: Config, source: str) -> None:
         (config.sequence.learning_rate > 0, "sequence.learning_rate", config.sequence.learning_rate, "must be positive"),
         (config.sequence.patience >= 1, "sequence.patience", config.sequence.patience, "must be positive"),
         (0.0 <= config.sequence.jitter < 1.0, "sequence.jitter", config.sequence.jitter, "must be in [0, 1)"),
+        (0 <= config.sequence.conv <= 15, "sequence.conv", config.sequence.conv, "must be in [0, 15]"),
     ]  # fmt: skip
     for ok, key, value, rule in checks:
         if not ok:

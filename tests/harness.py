@@ -90,7 +90,7 @@ def tiny_experiment(work: Path, out: Path, *, name: str, **sections: dict):
         "data": {"work_dir": str(work), "out_dir": str(out)},
         "image": {"size": 32},
         "model": {"backbone": "small_cnn"},
-        "train": {"batch_size": 16, "warmup_epochs": 0},
+        "train": {"batch_size": 16, "warmup_epochs": 0, "deterministic": True},
         "predict": {"batch_size": 16},
     }
     for section, values in sections.items():

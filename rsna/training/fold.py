@@ -64,6 +64,7 @@ __all__ = [
     "fold_numbers",
     "format_summary",
     "run_fold",
+    "seed_run",
 ]
 
 MONITOR = "val_weighted_log_loss"
@@ -185,7 +186,7 @@ def run_fold(
     split = split_fold(config, fold)
     fold_dir.mkdir(parents=True, exist_ok=True)
     dump_config(config, config.run_dir / runs.CONFIG_FILE)
-    keras.utils.set_random_seed(config.train.seed + fold)
+    seed_run(config.train.seed + fold, deterministic=config.train.deterministic)
     todo = plan(split)
     best = fit_fold(
         todo.model,
@@ -272,6 +273,24 @@ class SeedState(keras.callbacks.Callback):
         states = [keras.ops.convert_to_numpy(v).tolist() for v in self._states()]
         self.record[str(epoch)] = states
         files.write_json(self.path, self.record)
+
+
+def seed_run(seed: int, *, deterministic: bool) -> None:
+    """Seed Python, NumPy and the backend; `deterministic` also makes TF's ops deterministic.
+
+    Op determinism (``tf.config.experimental.enable_op_determinism``) is process-wide; it
+    is switched to match each run. It fixes the order of reductions, not the CPU's
+    instruction set, so the same bits come back on the same machine only.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    keras.utils.set_random_seed(seed)
+    if deterministic != tf_config.is_op_determinism_enabled():
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
+        else:
+            tf_config.disable_op_determinism()
 
 
 def cosine_decay(

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -122,6 +123,38 @@ def test_an_interrupted_fold_resumes_at_the_next_epoch(tiny_work, tmp_path):
     history = pd.read_csv(fold_dir / "history.csv")
     assert history["epoch"].tolist() == [0, 1, 2]
     assert result.summary["epochs_run"] == 3
+
+
+def test_the_same_seed_trains_the_same_fold_to_the_bit(trained, tmp_path):
+    """train.deterministic: a second run of fold 0 gives the first run's OOF exactly."""
+    config, results = trained
+    again = replace(config, data=replace(config.data, out_dir=tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        result = train_fold(again, 0, verbose=0)
+    first = next(r for r in results if r.fold == 0)
+    pd.testing.assert_frame_equal(result.oof, first.oof, check_exact=True)
+    assert (
+        result.summary["best_val_weighted_log_loss"] == first.summary["best_val_weighted_log_loss"]
+    )
+    other = replace(
+        again, train=replace(again.train, seed=1), data=replace(again.data, out_dir=tmp_path / "s1")
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        moved = train_fold(other, 0, verbose=0)
+    assert not np.array_equal(moved.oof.to_numpy(), first.oof.to_numpy())  # the seed matters
+
+
+def test_seed_run_switches_op_determinism():
+    from tensorflow.python.framework import config as tf_config
+
+    from rsna.training.fold import seed_run
+
+    seed_run(0, deterministic=True)
+    assert tf_config.is_op_determinism_enabled()
+    seed_run(0, deterministic=False)
+    assert not tf_config.is_op_determinism_enabled()
 
 
 def test_unknown_fold(trained):
