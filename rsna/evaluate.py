@@ -1,8 +1,10 @@
 """``rsna evaluate``: merge a stage's out-of-fold predictions and score them. pandas only.
 
 The CV score is the competition metric over every fold's ``oof.csv``, next to the
-prior baseline (each label's training mean). :func:`compare_stages` puts stage 1 and
-stage 2 side by side. Nothing here imports TensorFlow, so scoring a run is instant.
+prior baseline (each label's training mean), with each label's fold-to-fold standard
+deviation. :func:`compare_stages` puts stage 1 and stage 2 side by side and calls a
+difference significant only when it exceeds one standard deviation of the per-fold
+differences. Nothing here imports TensorFlow, so scoring a run is instant.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ __all__ = [
     "compare_stages",
     "evaluate",
     "format_scores",
+    "fold_scores",
     "format_stages",
     "read_oof",
+    "significant",
 ]
 
 
@@ -36,8 +40,25 @@ class EvaluateError(RsnaError):
 @dataclass(frozen=True)
 class Evaluation:
     oof: pd.DataFrame
-    scores: pd.DataFrame  # rows: LABELS + weighted; columns: model, prior, ratio
+    scores: pd.DataFrame  # rows: LABELS + weighted; columns: model, prior, ratio, fold_std
     report: dict
+    per_fold: pd.DataFrame  # rows: folds; columns: LABELS + weighted
+
+
+def fold_scores(stage_folder: str | os.PathLike[str], labels: pd.DataFrame) -> pd.DataFrame:
+    """Each fold's OOF log loss per label (rows: fold numbers; columns: LABELS + weighted)."""
+    rows = {}
+    for k, folder in runs.fold_dirs(stage_folder, holding=runs.OOF).items():
+        oof = pd.read_csv(folder / runs.OOF, index_col="image_id")
+        rows[k] = per_label_log_loss(labels.loc[oof.index], oof)
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("fold")
+
+
+def significant(difference: pd.DataFrame) -> pd.Series:
+    """Per column of per-fold differences: is the mean beyond one fold-to-fold standard deviation?"""
+    if len(difference) < 2:
+        return pd.Series(False, index=difference.columns)
+    return difference.mean().abs() > difference.std(ddof=1)
 
 
 def read_oof(stage_folder: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[str]]:
@@ -69,6 +90,8 @@ def evaluate(stage_folder: str | os.PathLike[str], work_dir: str | os.PathLike[s
     prior = per_label_log_loss(labels, prior_predictions(all_labels, oof.index))
     scores = pd.DataFrame({"model": model, "prior": prior})
     scores["ratio"] = scores["model"] / scores["prior"]
+    per_fold = fold_scores(stage_folder, all_labels)
+    scores["fold_std"] = per_fold.std(ddof=1) if len(per_fold) > 1 else 0.0
     report = {
         "folds": folds,
         "images": len(oof),
@@ -76,22 +99,25 @@ def evaluate(stage_folder: str | os.PathLike[str], work_dir: str | os.PathLike[s
         "prior_weighted_log_loss": prior["weighted"],
         "ratio_to_prior": model["weighted"] / prior["weighted"],
         "per_label": scores.to_dict(orient="index"),
+        "per_fold": {str(k): row for k, row in per_fold.to_dict(orient="index").items()},
     }
     files.write_csv(oof, stage_folder / runs.OOF, index=True)
     files.write_json(stage_folder / runs.EVALUATE_JSON, report)
     from rsna.plots import plot_roc_pr
 
     files.save_figure(plot_roc_pr(labels, oof), stage_folder / runs.ROC_PR)
-    return Evaluation(oof, scores, report)
+    return Evaluation(oof, scores, report, per_fold)
 
 
 def format_scores(scores: pd.DataFrame) -> str:
     """The per-label table of :func:`evaluate` as text."""
-    lines = [f"{'label':18s} {'model':>8s} {'prior':>8s} {'ratio':>6s}"]
+    lines = [f"{'label':18s} {'model':>8s} {'fold sd':>8s} {'prior':>8s} {'ratio':>6s}"]
     for label, row in scores.iterrows():
         # a label without positives has a prior loss of 0: no ratio
         ratio = f"{row['ratio']:6.2f}" if row["prior"] > 1e-6 else "   n/a"
-        lines.append(f"{label:18s} {row['model']:8.4f} {row['prior']:8.4f} {ratio}")
+        lines.append(
+            f"{label:18s} {row['model']:8.4f} {row['fold_std']:8.4f} {row['prior']:8.4f} {ratio}"
+        )
     return "\n".join(lines)
 
 
@@ -111,6 +137,9 @@ def compare_stages(
     both["stage 2"] = second.scores["model"]
     both["prior"] = first.scores["prior"]
     both["stage 2 / stage 1"] = both["stage 2"] / both["stage 1"]
+    difference = second.per_fold - first.per_fold
+    both["fold sd of difference"] = difference.std(ddof=1) if len(difference) > 1 else 0.0
+    both["significant"] = significant(difference)
     from rsna.plots import plot_stage_comparison
 
     files.save_figure(plot_stage_comparison(both), Path(run_dir) / runs.STAGES_PNG)
@@ -120,4 +149,8 @@ def compare_stages(
 def format_stages(both: pd.DataFrame) -> str:
     """The table of :func:`compare_stages` as text."""
     table = both.to_string(float_format=lambda v: f"{v:.4f}")
-    return f"\nstage 1 and stage 2 side by side (out-of-fold log loss):\n{table}"
+    note = (
+        "significant: the stages differ by more than one fold-to-fold standard deviation "
+        "of their per-fold difference"
+    )
+    return f"\nstage 1 and stage 2 side by side (out-of-fold log loss):\n{table}\n{note}"
