@@ -230,6 +230,23 @@ def _run_config(path: str):
     return load_config(target)
 
 
+def _blend(args: argparse.Namespace) -> None:
+    from rsna.blend import blend_runs
+
+    result, table = blend_runs(args.runs, args.out, work_dir=args.work)
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    print("\nweights (fitted on every fold, used for the test):")
+    print(result.weights.to_string(float_format=lambda v: f"{v:.3f}"))
+    best = table.drop(columns="blend").loc["weighted"]
+    print(
+        f"blend CV {table.loc['weighted', 'blend']:.4f} (weights cross-validated across folds); "
+        f"best single run {best.min():.4f} ({best.idxmin()})"
+    )
+    print(
+        f"wrote {args.out}/oof.csv, evaluate.json, blend.png, predictions_test.csv and submission.csv"
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from rsna.evaluate import compare_stages, evaluate, format_scores, format_stages
 
@@ -275,9 +292,11 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from rsna.config import parse_override
     from rsna.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, workers=args.workers)
+    overrides = dict(parse_override(item) for item in args.set or [])
+    run_demo(args.out, seed=args.seed, workers=args.workers, overrides=overrides)
 
 
 CONFIG_HELP = "a config TOML file, or the name of a shipped config (demo, baseline)"
@@ -464,6 +483,16 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_embed)
 
     p = sub.add_parser(
+        parents=[common],
+        name="blend",
+        help="blend runs' predictions per label, with weights cross-validated across folds",
+    )
+    p.add_argument("runs", metavar="RUN", nargs="+", help="stage folders: RUN or RUN/stage2")
+    p.add_argument("--out", type=_folder("out"), required=True, help="folder to write")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default: the first run's)")
+    p.set_defaults(run=_blend)
+
+    p = sub.add_parser(
         parents=[common], name="evaluate", help="score out-of-fold predictions against the prior"
     )
     p.add_argument("target", metavar="RUN", help="a config, or a run folder (its config.toml)")
@@ -494,6 +523,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out", type=_folder("out"), default="demo", help="folder for everything the demo writes"
+    )
+    p.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a demo config value"
     )
     p.add_argument("--seed", type=_integer("seed", low=0), default=0)
     _workers_argument(p)

@@ -29,12 +29,18 @@ __all__ = ["DEMO_PATIENTS", "demo_config", "run_demo"]
 DEMO_PATIENTS = 64
 
 
-def demo_config(out: str | Path) -> Config:
-    """The shipped demo config, reading and writing under `out`."""
-    return with_paths(load_config("demo"), work_dir=Path(out) / "work")
+def demo_config(out: str | Path, *, overrides: dict | None = None) -> Config:
+    """The shipped demo config (with `overrides`), reading and writing under `out`."""
+    return with_paths(load_config("demo", overrides=overrides), work_dir=Path(out) / "work")
 
 
-def run_demo(out: str | Path = "demo", *, seed: int = 0, workers: int | None = None) -> dict:
+def run_demo(
+    out: str | Path = "demo",
+    *,
+    seed: int = 0,
+    workers: int | None = None,
+    overrides: dict | None = None,
+) -> dict:
     """Run every stage; print the CV score against the prior and where the submission is."""
     from rsna.data.cache import build_cache
     from rsna.data.folds import FOLDS_FILE, make_folds, write_folds
@@ -42,7 +48,7 @@ def run_demo(out: str | Path = "demo", *, seed: int = 0, workers: int | None = N
     from rsna.data.synthetic import TEST_LABELS, SynthConfig, make_competition
 
     out = Path(out)
-    config = demo_config(out)
+    config = demo_config(out, overrides=overrides)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

@@ -1,0 +1,166 @@
+"""rsna.blend: weights on the simplex, a CV not fit on what it scores, and runs that must share folds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsna import predictions
+from rsna.blend import (
+    BlendError,
+    blend_runs,
+    cross_validated_blend,
+    fit_weights,
+    read_run,
+    read_submission,
+)
+from rsna.cli import main
+from rsna.data.folds import read_folds
+from rsna.data.labels import LABELS
+from rsna.data.metadata import read_prepared_labels
+from rsna.metrics import logit, sigmoid, weighted_log_loss
+from rsna.submission import validate_submission, write_submission
+
+
+def test_fit_weights_finds_the_informative_run_and_stays_on_the_simplex():
+    rng = np.random.default_rng(0)
+    truth = rng.random(4000) < 0.3
+    signal = np.where(truth, 2.0, -2.0) + rng.normal(0, 1.0, truth.size)
+    noise = rng.normal(0, 1.0, truth.size)
+    weights = fit_weights(np.stack([noise, signal], axis=1), truth.astype(float))
+    assert weights.sum() == pytest.approx(1.0) and (weights >= 0).all()
+    assert weights[1] > 0.9
+    # two copies of one run: any split is optimal, the blend equals the run
+    same = fit_weights(np.stack([signal, signal], axis=1), truth.astype(float))
+    assert same.sum() == pytest.approx(1.0)
+    assert fit_weights(signal[:, None], truth.astype(float)).tolist() == [1.0]
+
+
+def _fake_run(folder, truth, folds, *, noise, seed, sample_csv, test_ids):
+    rng = np.random.default_rng(seed)
+    z = np.where(truth.to_numpy() > 0, 2.5, -2.5) + rng.normal(0, noise, truth.shape)
+    oof = pd.DataFrame(sigmoid(z), index=truth.index, columns=list(LABELS)).rename_axis("image_id")
+    for k in sorted(folds.unique()):
+        (folder / f"fold_{k}").mkdir(parents=True)
+        oof[folds.loc[oof.index] == k].to_csv(folder / f"fold_{k}" / "oof.csv")
+    test = pd.DataFrame(
+        rng.uniform(0.01, 0.99, (len(test_ids), len(LABELS))), index=test_ids, columns=list(LABELS)
+    )
+    write_submission(test, sample_csv, folder / "submission.csv")
+    return oof, test
+
+
+@pytest.fixture()
+def two_runs(tiny_work, tmp_path):
+    truth = read_prepared_labels(tiny_work)
+    folds = read_folds(tiny_work / "folds.csv").loc[truth.index]
+    test = predictions.test_images(tiny_work)
+    made = [
+        _fake_run(
+            tmp_path / name,
+            truth,
+            folds,
+            noise=noise,
+            seed=seed,
+            sample_csv=test.sample_csv,
+            test_ids=test.images,
+        )
+        for name, noise, seed in (("a", 1.0, 1), ("b", 3.0, 2))
+    ]
+    return tmp_path, truth, folds, made
+
+
+def test_read_run_round_trips_oof_folds_and_submission(two_runs):
+    root, truth, folds, made = two_runs
+    run = read_run(root / "a")
+    pd.testing.assert_frame_equal(
+        run.oof.sort_index(), made[0][0].sort_index(), check_exact=False, rtol=1e-12
+    )
+    assert run.folds.index.sort_values().equals(truth.index.sort_values())
+    assert (run.folds.to_numpy() == folds.loc[run.folds.index].to_numpy()).all()
+    test = read_submission(root / "a" / "submission.csv")
+    assert np.allclose(test.loc[made[0][1].index].to_numpy(), made[0][1].to_numpy(), atol=1e-6)
+
+
+def test_the_reported_cv_comes_from_weights_fitted_on_other_folds(two_runs):
+    root, truth, folds, made = two_runs
+    found = [read_run(root / "a"), read_run(root / "b")]
+    result = cross_validated_blend(found, truth)
+    assert set(result.fold_weights) == set(folds.unique())
+    # recompute one fold by hand from weights fitted without it
+    k = int(folds.iloc[0])
+    held = result.oof.index[folds.loc[result.oof.index] == k]
+    for label in LABELS:
+        others = folds.loc[result.oof.index] != k
+        rows = result.oof.index[others]
+        stack = np.stack([logit(r.oof.loc[rows, label].to_numpy()) for r in found], axis=1)
+        w = fit_weights(stack, truth.loc[rows, label].to_numpy(float))
+        assert np.allclose(w, result.fold_weights[k].loc[label].to_numpy(), atol=1e-6)
+        mixed = sigmoid(
+            np.stack([logit(r.oof.loc[held, label].to_numpy()) for r in found], axis=1) @ w
+        )
+        assert np.allclose(mixed, result.oof.loc[held, label].to_numpy(), atol=1e-9)
+    # the better run dominates, and the blend is no worse than it (small tolerance for CV)
+    assert (result.weights["a"] > result.weights["b"]).all()
+    best = weighted_log_loss(truth.loc[result.oof.index], found[0].oof.loc[result.oof.index])
+    assert weighted_log_loss(truth.loc[result.oof.index], result.oof) <= best * 1.02
+
+
+def test_blend_runs_writes_a_valid_submission_and_the_cli_prints_it(two_runs, tiny_work, capsys):
+    root, *_ = two_runs
+    code = main(
+        [
+            "blend",
+            str(root / "a"),
+            str(root / "b"),
+            "--out",
+            str(root / "blend"),
+            "--work",
+            str(tiny_work),
+        ]
+    )
+    assert code in (0, None)
+    printed = capsys.readouterr().out
+    assert "blend CV" in printed and "weights" in printed
+    report = json.loads((root / "blend" / "evaluate.json").read_text())
+    assert set(report["per_label"]) == {*LABELS, "weighted"} and "fold_weights" in report
+    for name in ("oof.csv", "blend.png", "predictions_test.csv", "submission.csv"):
+        assert (root / "blend" / name).is_file()
+    validate_submission(root / "blend" / "submission.csv", predictions.test_images(tiny_work).sample_csv)
+
+
+def test_runs_with_other_folds_or_too_few_runs_are_refused(two_runs, tiny_work, capsys):
+    root, truth, folds, _ = two_runs
+    moved = root / "moved"
+    (root / "a").rename(moved)
+    first = sorted(moved.glob("fold_*"))[:2]
+    a = pd.read_csv(first[0] / "oof.csv")
+    b = pd.read_csv(first[1] / "oof.csv")
+    pd.concat([a, b.iloc[:1]]).to_csv(first[0] / "oof.csv", index=False)
+    b.iloc[1:].to_csv(first[1] / "oof.csv", index=False)
+    with pytest.raises(BlendError, match="do not share folds.csv: 1 images are in different folds"):
+        blend_runs([moved, root / "b"], root / "out", work_dir=tiny_work)
+    with pytest.raises(BlendError, match="at least 2 runs. Received: 1"):
+        blend_runs([root / "b"], root / "out", work_dir=tiny_work)
+    with pytest.raises(BlendError, match="named twice"):
+        blend_runs([root / "b", root / "b"], root / "out", work_dir=tiny_work)
+    assert (
+        main(
+            [
+                "blend",
+                str(root / "b"),
+                str(root / "nothing"),
+                "--out",
+                str(root / "o2"),
+                "--work",
+                str(tiny_work),
+            ]
+        )
+        == 2
+    )
+    assert (
+        "rsna: error:" in (err := capsys.readouterr().err) and "nothing: no fold_*/oof.csv" in err
+    )
