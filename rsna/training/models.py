@@ -172,12 +172,21 @@ def build_sequence_model(config: Config, width: int) -> keras.Model:
     slices = keras.Input((None, width), name="slices")
     mask = keras.Input((None,), name="mask")
     boolean = keras.ops.cast(mask, "bool")
-    x = keras.layers.Dense(config.sequence.units, activation="relu", name="project")(slices)
-    x = keras.layers.Dropout(config.sequence.dropout)(x)
-    x = keras.layers.Bidirectional(
-        keras.layers.GRU(config.sequence.units, return_sequences=True), name="bigru"
-    )(x, mask=boolean)
-    x = keras.layers.Dropout(config.sequence.dropout)(x)
+    seq = config.sequence
+    x = keras.layers.Dense(seq.units, activation="relu", name="project")(slices)
+    x = keras.layers.Dropout(seq.dropout)(x)
+    branches = [
+        keras.layers.Bidirectional(keras.layers.GRU(seq.units, return_sequences=True), name="bigru")(
+            x, mask=boolean
+        )
+    ]
+    if seq.conv:  # a 1-D convolution along z beside the GRU (1st place); padding zeroed first
+        local = keras.ops.multiply(x, keras.ops.expand_dims(mask, -1))
+        branches.append(
+            keras.layers.Conv1D(seq.units, seq.conv, padding="same", activation="relu", name="conv")(local)
+        )
+    x = branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="branches")(branches)
+    x = keras.layers.Dropout(seq.dropout)(x)
     correction = keras.layers.Dense(len(LABELS), kernel_initializer="zeros", name="correction")(x)
     if "logits" in config.sequence.inputs:
         # The first six inputs are the stage-1 logits; a frozen selection matrix passes them

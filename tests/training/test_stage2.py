@@ -4,6 +4,7 @@ out, no leak, resume, the pipeline (slow)."""
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -108,8 +109,11 @@ def test_series_are_in_z_order_and_predictions_come_back_by_image(stage1, tiny_w
     )
 
 
-def test_padded_steps_do_not_change_the_real_steps(stage1):
-    model = build_sequence_model(stage1, width=18)
+@pytest.mark.parametrize("conv", [0, 5])
+def test_padded_steps_do_not_change_the_real_steps(stage1, conv, tmp_path):
+    config = replace(stage1, sequence=replace(stage1.sequence, conv=conv))
+    model = build_sequence_model(config, width=18)
+    assert ("conv" in [layer.name for layer in model.layers]) == bool(conv)
     rng = np.random.default_rng(0)
     model.get_layer("correction").set_weights(
         [
@@ -123,6 +127,9 @@ def test_padded_steps_do_not_change_the_real_steps(stage1):
     mask = np.concatenate([np.ones((1, 5)), np.zeros((1, 4))], axis=1).astype("float32")
     out = model.predict({"slices": padded, "mask": mask}, verbose=0)
     np.testing.assert_allclose(out[:, :5], alone, rtol=1e-5, atol=1e-6)
+    model.save(tmp_path / "m.keras")  # and it loads in safe mode, giving the same outputs
+    again = load_model(tmp_path / "m.keras").predict({"slices": padded, "mask": mask}, verbose=0)
+    np.testing.assert_allclose(again, out, rtol=1e-6, atol=1e-7)
 
 
 def test_stage2_resumes_and_the_pipeline_writes_a_valid_submission(
