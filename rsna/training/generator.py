@@ -417,8 +417,8 @@ def _targets(ids: list[str], labels: pd.DataFrame | None) -> np.ndarray:
 
 
 #: Shared batch rings by key, in the process that made them: a worker's batch is
-#: unpickled here as a view into its ring slot.
-_RINGS: dict[str, _Ring] = {}
+#: unpickled here as a view into its ring slot. Weak, so a ring goes with its generator.
+_RINGS: weakref.WeakValueDictionary[str, _Ring] = weakref.WeakValueDictionary()
 
 
 def _ring_view(key: str, slot: int, n: int) -> np.ndarray:
@@ -493,9 +493,6 @@ class _Ring:
         self.leases[slot] = 1
         weakref.finalize(owner, self.leases.__setitem__, slot, 0)
         return owner.reshape(n, *self.shape)
-
-    def __del__(self) -> None:
-        _RINGS.pop(getattr(self, "key", ""), None)
 
 
 class EpochSync(keras.callbacks.Callback):
