@@ -14,7 +14,7 @@ fitted on every fold. NumPy, pandas and scipy only.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ __all__ = [
     "read_submission",
     "run_work_dir",
     "score_table",
+    "unique_names",
     "write_blend",
 ]
 
@@ -251,6 +252,16 @@ def write_blend(
     return table
 
 
+def unique_names(folders: list[Path]) -> list[str]:
+    """The shortest path tails that tell the runs apart (``a/stage2``, ``seed1/runs/demo``)."""
+    longest = max(len(f.parts) for f in folders)
+    for depth in range(1, longest + 1):
+        names = ["/".join(f.parts[-depth:]) for f in folders]
+        if len(set(names)) == len(names):
+            return names
+    return [str(f) for f in folders]
+
+
 def run_work_dir(folder: str | os.PathLike[str]) -> Path:
     """The work folder of a stage folder, from the run's ``config.toml`` (here or one up)."""
     from rsna.config import load_config
@@ -285,7 +296,9 @@ def blend_runs(
     resolved = [Path(f).resolve() for f in folders]
     if len(set(resolved)) < len(resolved):
         raise BlendError(f"a run is named twice: {[str(f) for f in folders]}")
-    found = [read_run(f) for f in folders]
+    found = [
+        replace(read_run(f), name=n) for f, n in zip(folders, unique_names(resolved), strict=True)
+    ]
     work_dir = Path(work_dir) if work_dir is not None else run_work_dir(folders[0])
     truth = read_prepared_labels(work_dir)
     result = cross_validated_blend(found, truth)

@@ -129,7 +129,9 @@ def test_blend_runs_writes_a_valid_submission_and_the_cli_prints_it(two_runs, ti
     assert set(report["per_label"]) == {*LABELS, "weighted"} and "fold_weights" in report
     for name in ("oof.csv", "blend.png", "predictions_test.csv", "submission.csv"):
         assert (root / "blend" / name).is_file()
-    validate_submission(root / "blend" / "submission.csv", predictions.test_images(tiny_work).sample_csv)
+    validate_submission(
+        root / "blend" / "submission.csv", predictions.test_images(tiny_work).sample_csv
+    )
 
 
 def test_runs_with_other_folds_or_too_few_runs_are_refused(two_runs, tiny_work, capsys):
@@ -164,3 +166,13 @@ def test_runs_with_other_folds_or_too_few_runs_are_refused(two_runs, tiny_work, 
     assert (
         "rsna: error:" in (err := capsys.readouterr().err) and "nothing: no fold_*/oof.csv" in err
     )
+
+
+def test_runs_with_the_same_folder_name_get_names_that_tell_them_apart():
+    from pathlib import Path
+
+    from rsna.blend import unique_names
+
+    folders = [Path("/x/s1/runs/demo"), Path("/x/s2/runs/demo"), Path("/x/s1/runs/demo/stage2")]
+    assert unique_names(folders) == ["s1/runs/demo", "s2/runs/demo", "runs/demo/stage2"]
+    assert unique_names([Path("/a/b"), Path("/a/c")]) == ["b", "c"]
