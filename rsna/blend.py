@@ -14,7 +14,7 @@ fitted on every fold. NumPy, pandas and scipy only.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,10 @@ import pandas as pd
 from rsna import files, runs
 from rsna.data.labels import LABELS
 from rsna.errors import RsnaError
-from rsna.evaluate import significant
+from rsna.evaluate import fold_scores, read_fold_oof, significant, split_by_fold
 from rsna.metrics import logit, per_label_log_loss, sigmoid
 
 __all__ = [
-    "BLEND_PNG",
     "BlendError",
     "BlendResult",
     "RunPredictions",
@@ -42,8 +41,6 @@ __all__ = [
     "unique_names",
     "write_blend",
 ]
-
-BLEND_PNG = "blend.png"
 
 
 class BlendError(RsnaError):
@@ -82,27 +79,23 @@ def read_submission(path: str | os.PathLike[str]) -> pd.DataFrame:
     return wide[list(LABELS)]
 
 
-def read_run(folder: str | os.PathLike[str]) -> RunPredictions:
-    """The OOF (from every ``fold_<k>/oof.csv``) and test predictions of a stage folder.
+def read_run(folder: str | os.PathLike[str], *, name: str | None = None) -> RunPredictions:
+    """The OOF (from every ``fold_<k>/oof.csv``) and test predictions of a stage folder,
+    called `name` (default: the folder's name).
 
     Raises:
         BlendError: the folder has no fold with OOF predictions, or no submission.
     """
     folder = Path(folder)
-    parts = runs.fold_dirs(folder, holding=runs.OOF)
+    parts = read_fold_oof(folder)
     if not parts:
         raise BlendError(f"{folder}: no fold_*/{runs.OOF}; train and evaluate the run first")
     if not (folder / runs.SUBMISSION).is_file():
         raise BlendError(f"{folder}: no {runs.SUBMISSION}; run `rsna predict` first")
-    frames = {k: pd.read_csv(p / runs.OOF, index_col="image_id") for k, p in parts.items()}
-    oof = pd.concat(frames.values())[list(LABELS)]
-    folds = pd.concat([pd.Series(k, index=f.index) for k, f in frames.items()]).sort_index()
-    name = (
-        folder.name
-        if folder.name not in runs.STAGES.values()
-        else f"{folder.parent.name}/{folder.name}"
-    )
-    return RunPredictions(name, folder, oof, folds, read_submission(folder / runs.SUBMISSION))
+    oof = pd.concat(parts.values())[list(LABELS)]
+    folds = pd.concat([pd.Series(k, index=f.index) for k, f in parts.items()]).sort_index()
+    test = read_submission(folder / runs.SUBMISSION)
+    return RunPredictions(name or folder.name, folder, oof, folds, test)
 
 
 def check_same_folds(found: list[RunPredictions]) -> pd.Series:
@@ -216,15 +209,11 @@ def write_blend(
 
     table = score_table(found, result, truth)
     best = str(table.drop(columns="blend").loc["weighted"].idxmin())
-    folds = found[0].folds.loc[result.oof.index]
+    folds = found[0].folds
     by_run = next(r for r in found if r.name == best).oof.loc[result.oof.index]
-    difference = pd.DataFrame(
-        {
-            int(k): pd.Series(per_label_log_loss(truth.loc[rows], result.oof.loc[rows]))
-            - pd.Series(per_label_log_loss(truth.loc[rows], by_run.loc[rows]))
-            for k, rows in ((k, folds.index[folds == k]) for k in sorted(folds.unique()))
-        }
-    ).T
+    difference = fold_scores(split_by_fold(result.oof, folds), truth) - fold_scores(
+        split_by_fold(by_run, folds), truth
+    )
     out.mkdir(parents=True, exist_ok=True)
     files.write_csv(result.oof, out / runs.OOF, index=True)
     files.write_json(
@@ -248,7 +237,7 @@ def write_blend(
     figure = plot_label_losses(
         table, columns=columns, title="Out-of-fold log loss: runs and their blend"
     )
-    files.save_figure(figure, out / BLEND_PNG)
+    files.save_figure(figure, out / runs.BLEND_PNG)
     return table
 
 
@@ -296,9 +285,8 @@ def blend_runs(
     resolved = [Path(f).resolve() for f in folders]
     if len(set(resolved)) < len(resolved):
         raise BlendError(f"a run is named twice: {[str(f) for f in folders]}")
-    found = [
-        replace(read_run(f), name=n) for f, n in zip(folders, unique_names(resolved), strict=True)
-    ]
+    names = unique_names(resolved)
+    found = [read_run(f, name=n) for f, n in zip(folders, names, strict=True)]
     work_dir = Path(work_dir) if work_dir is not None else run_work_dir(folders[0])
     truth = read_prepared_labels(work_dir)
     result = cross_validated_blend(found, truth)

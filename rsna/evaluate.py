@@ -10,9 +10,11 @@ differences. Nothing here imports TensorFlow, so scoring a run is instant.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rsna import files, runs
@@ -28,8 +30,10 @@ __all__ = [
     "format_scores",
     "fold_scores",
     "format_stages",
+    "read_fold_oof",
     "read_oof",
     "significant",
+    "split_by_fold",
 ]
 
 
@@ -45,12 +49,21 @@ class Evaluation:
     per_fold: pd.DataFrame  # rows: folds; columns: LABELS + weighted
 
 
-def fold_scores(stage_folder: str | os.PathLike[str], labels: pd.DataFrame) -> pd.DataFrame:
+def read_fold_oof(stage_folder: str | os.PathLike[str]) -> dict[int, pd.DataFrame]:
+    """Fold number -> that fold's ``oof.csv``, for every fold of a stage that has one."""
+    parts = runs.fold_dirs(stage_folder, holding=runs.OOF)
+    return {k: pd.read_csv(p / runs.OOF, index_col="image_id") for k, p in parts.items()}
+
+
+def split_by_fold(oof: pd.DataFrame, folds: pd.Series) -> dict[int, pd.DataFrame]:
+    """`oof`'s rows by the fold of each image (`folds`: image ID -> fold number)."""
+    of_row = folds.loc[oof.index].to_numpy()
+    return {int(k): oof[of_row == k] for k in sorted(np.unique(of_row))}
+
+
+def fold_scores(parts: Mapping[int, pd.DataFrame], labels: pd.DataFrame) -> pd.DataFrame:
     """Each fold's OOF log loss per label (rows: fold numbers; columns: LABELS + weighted)."""
-    rows = {}
-    for k, folder in runs.fold_dirs(stage_folder, holding=runs.OOF).items():
-        oof = pd.read_csv(folder / runs.OOF, index_col="image_id")
-        rows[k] = per_label_log_loss(labels.loc[oof.index], oof)
+    rows = {k: per_label_log_loss(labels.loc[oof.index], oof) for k, oof in parts.items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("fold")
 
 
@@ -67,11 +80,16 @@ def read_oof(stage_folder: str | os.PathLike[str]) -> tuple[pd.DataFrame, list[s
     Raises:
         EvaluateError: no fold has OOF predictions.
     """
-    parts = runs.fold_dirs(stage_folder, holding=runs.OOF)
+    oof, names, _ = _read_stage(stage_folder)
+    return oof, names
+
+
+def _read_stage(stage_folder) -> tuple[pd.DataFrame, list[str], dict[int, pd.DataFrame]]:
+    parts = read_fold_oof(stage_folder)
     if not parts:
         raise EvaluateError(f"{stage_folder}: no fold_*/{runs.OOF}; train some folds first")
-    oof = pd.concat([pd.read_csv(p / runs.OOF, index_col="image_id") for p in parts.values()])
-    return oof, [p.name for p in parts.values()]
+    names = [runs.fold_dir(stage_folder, k).name for k in parts]
+    return pd.concat(parts.values()), names, parts
 
 
 def evaluate(stage_folder: str | os.PathLike[str], work_dir: str | os.PathLike[str]) -> Evaluation:
@@ -83,14 +101,14 @@ def evaluate(stage_folder: str | os.PathLike[str], work_dir: str | os.PathLike[s
         EvaluateError: no fold has OOF predictions.
     """
     stage_folder = Path(stage_folder)
-    oof, folds = read_oof(stage_folder)
+    oof, folds, parts = _read_stage(stage_folder)
     all_labels = read_prepared_labels(work_dir)
     labels = all_labels.loc[oof.index]
     model = per_label_log_loss(labels, oof)
     prior = per_label_log_loss(labels, prior_predictions(all_labels, oof.index))
     scores = pd.DataFrame({"model": model, "prior": prior})
     scores["ratio"] = scores["model"] / scores["prior"]
-    per_fold = fold_scores(stage_folder, all_labels)
+    per_fold = fold_scores(parts, all_labels)
     scores["fold_std"] = per_fold.std(ddof=1) if len(per_fold) > 1 else 0.0
     report = {
         "folds": folds,

@@ -25,6 +25,7 @@ import pandas as pd
 __all__ = [
     "BACKUP",
     "BEST_MODEL",
+    "BLEND_PNG",
     "CONFIG_FILE",
     "CURVES",
     "EMBED_OOF",
@@ -60,6 +61,7 @@ EMBED_OOF, EMBED_TEST = "embed_oof.npz", "embed_test.npz"
 EVALUATE_JSON = "evaluate.json"
 ROC_PR = "roc_pr.png"
 STAGES_PNG = "stages.png"
+BLEND_PNG = "blend.png"
 SUBMISSION = "submission.csv"
 PREDICTIONS_TEST = "predictions_test.csv"
 PREDICT_REPORT = "predict_report.json"
