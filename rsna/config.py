@@ -11,7 +11,7 @@ examples)::
                workers
     [augment]  flip, shift, scale, rotate, interpolation
     [predict]  tta, ensemble, clip, batch_size
-    [sequence] inputs, units, dropout, conv, epochs, batch_size, learning_rate, patience, tta_reverse, jitter
+    [sequence] inputs, units, dropout, conv, epochs, batch_size, learning_rate, patience, tta_reverse, jitter, position
 
 Each TOML value is converted by the declared type of its field (``int``, ``float``,
 ``bool``, ``str``, a ``Literal`` of choices, ``Path``, ``Path | None``, a tuple of any of
@@ -156,6 +156,7 @@ class SequenceConfig:
     patience: int = 8
     tta_reverse: bool = True  # also predict the reversed series and average
     jitter: float = 0.3  # random per-series scale and shift of the inputs while training
+    position: bool = False  # add each slice's place in its series and its z gaps (series.GEOMETRY)
 
 
 @dataclass(frozen=True)

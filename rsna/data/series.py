@@ -26,11 +26,13 @@ from rsna.data.labels import LABELS
 from rsna.errors import RsnaError
 
 __all__ = [
+    "GEOMETRY",
     "Series",
     "SeriesError",
     "build_series",
     "distort",
     "epoch_order",
+    "geometry",
     "neighbours",
     "slice_order",
     "read_embeddings",
@@ -38,8 +40,17 @@ __all__ = [
     "slice_inputs",
 ]
 
-#: Series UID -> (image IDs in z order, (T, 3 * D) float32 inputs).
+#: Series UID -> (image IDs in z order, (T, 3 * D [+ len(GEOMETRY)]) float32 inputs).
 Series = dict[str, tuple[list[str], np.ndarray]]
+
+#: Stage 2's per-slice geometry (``sequence.position``), appended after the inputs and
+#: their deltas: where the slice lies in its series (0 at the lowest z, 1 at the highest),
+#: and its z gaps to the previous and next slice over the series' median gap, from
+#: ImagePositionPatient (0020,0032); a gap is 0 at the series' ends.
+GEOMETRY = ("position", "gap_previous", "gap_next")
+
+#: Gap ratios above this (a series with a hole many slices long) are clipped to it.
+MAX_GAP_RATIO = 4.0
 
 
 class SeriesError(RsnaError):
@@ -148,9 +159,24 @@ def slice_inputs(
     return frame
 
 
-def build_series(frame: pd.DataFrame, metadata: pd.DataFrame) -> Series:
-    """Series UID -> (image IDs in z order, (T, 3 * D) inputs: values, minus previous, minus next)."""
-    order = metadata.loc[frame.index, ["series_uid", "slice_index"]].sort_values(
+def geometry(z: np.ndarray) -> np.ndarray:
+    """The :data:`GEOMETRY` columns, (T, 3), of one series' slice positions `z` (mm,
+    in slice order). A missing z counts as no gap."""
+    z = np.asarray(z, np.float64)
+    t = len(z)
+    position = np.arange(t) / max(t - 1, 1)
+    gaps = np.nan_to_num(np.abs(np.diff(z)), nan=0.0)
+    typical = float(np.median(gaps)) if t > 1 else 0.0
+    ratio = np.clip(gaps / typical, 0.0, MAX_GAP_RATIO) if typical > 0 else np.zeros(t - 1)
+    previous = np.concatenate([[0.0], ratio])
+    following = np.concatenate([ratio, [0.0]])
+    return np.stack([position, previous, following], axis=1).astype(np.float32)
+
+
+def build_series(frame: pd.DataFrame, metadata: pd.DataFrame, *, position: bool = False) -> Series:
+    """Series UID -> (image IDs in z order, inputs): (T, 3 * D) values, minus previous,
+    minus next; with `position`, the :data:`GEOMETRY` columns after them."""
+    order = metadata.loc[frame.index, ["series_uid", "slice_index", "z"]].sort_values(
         ["series_uid", "slice_index"]
     )
     series = {}
@@ -159,26 +185,41 @@ def build_series(frame: pd.DataFrame, metadata: pd.DataFrame) -> Series:
         values = frame.loc[ids].to_numpy(np.float32)
         previous = np.vstack([values[:1], values[:-1]])
         following = np.vstack([values[1:], values[-1:]])
-        series[uid] = (ids, np.hstack([values, values - previous, values - following]))
+        parts = [values, values - previous, values - following]
+        if position:
+            parts.append(geometry(rows["z"].to_numpy()))
+        series[uid] = (ids, np.hstack(parts))
     return series
 
 
-def distort(values: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+def _split(values: np.ndarray, position: bool) -> tuple[int, np.ndarray, np.ndarray]:
+    """D, the 3 * D input-and-delta columns, and the :data:`GEOMETRY` columns (if any)."""
+    cut = values.shape[1] - (len(GEOMETRY) if position else 0)
+    return cut // 3, values[:, :cut], values[:, cut:]
+
+
+def distort(
+    values: np.ndarray, rng: np.random.Generator, amount: float, *, position: bool = False
+) -> np.ndarray:
     """A random affine change of a series' inputs, per column: scale 1 +/- amount and a
-    shift of +/- amount (the shift leaves the deltas alone).
+    shift of +/- amount (the shift leaves the deltas alone). With `position`, the
+    :data:`GEOMETRY` columns, which no slice model calibrates, are left as they are.
 
     Each fold's slice model is calibrated a little differently; training on distorted
     inputs keeps the series model from learning the calibration of the training folds'
     models instead of the shape of bleeds along z.
     """
-    d = values.shape[1] // 3
+    d, body, tail = _split(values, position)
     scale = np.tile(rng.uniform(1 - amount, 1 + amount, d), 3).astype(np.float32)
     shift = np.concatenate([rng.uniform(-amount, amount, d), np.zeros(2 * d)]).astype(np.float32)
-    return values * scale + shift
+    return np.hstack([body * scale + shift, tail])
 
 
-def reversed_series(values: np.ndarray) -> np.ndarray:
-    """A series back to front: the deltas to previous and next slices swap places."""
-    d = values.shape[1] // 3
-    flipped = values[::-1]
-    return np.hstack([flipped[:, :d], flipped[:, 2 * d :], flipped[:, d : 2 * d]])
+def reversed_series(values: np.ndarray, *, position: bool = False) -> np.ndarray:
+    """A series back to front: the deltas to previous and next slices swap places, and
+    with `position` so do the :data:`GEOMETRY` gaps; a slice keeps its position."""
+    d, body, tail = _split(values[::-1], position)
+    parts = [body[:, :d], body[:, 2 * d :], body[:, d : 2 * d]]
+    if position:
+        parts.append(tail[:, [0, 2, 1]])
+    return np.hstack(parts)

@@ -553,7 +553,8 @@ class SeriesGenerator(keras.utils.PyDataset):
     prediction; x is (batch, steps, features), m is (batch, steps). Series are shuffled
     per epoch from ``(seed, epoch)`` as :class:`DataGenerator` shuffles images;
     `reverse` feeds every series back to front; `jitter` distorts each series' inputs
-    (:func:`rsna.data.series.distort`), drawn from ``(seed, epoch, index)``.
+    (:func:`rsna.data.series.distort`), drawn from ``(seed, epoch, index)``; `position`
+    says the series end in the :data:`rsna.data.series.GEOMETRY` columns.
     """
 
     def __init__(
@@ -566,12 +567,13 @@ class SeriesGenerator(keras.utils.PyDataset):
         seed: int = 0,
         reverse: bool = False,
         jitter: float = 0.0,
+        position: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.series, self.uids, self.labels = series, sorted(series), labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.reverse, self.jitter = reverse, jitter
+        self.reverse, self.jitter, self.position = reverse, jitter, position
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -601,9 +603,9 @@ class SeriesGenerator(keras.utils.PyDataset):
         for b, uid in enumerate(uids):
             ids, values = self.series[uid]
             if self.reverse:
-                ids, values = ids[::-1], reversed_series(values)
+                ids, values = ids[::-1], reversed_series(values, position=self.position)
             if rng is not None:
-                values = distort(values, rng, self.jitter)
+                values = distort(values, rng, self.jitter, position=self.position)
             x[b, : len(ids)] = values
             mask[b, : len(ids)] = 1.0
             if self.labels is not None:

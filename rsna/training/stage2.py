@@ -58,7 +58,7 @@ def series_of(config: Config, embeddings: pd.DataFrame, metadata: pd.DataFrame, 
     frame = slice_inputs(
         embeddings, inputs=config.sequence.inputs, prior_logits=logit(prior, eps=PRIOR_EPS)
     )
-    return build_series(frame, metadata)
+    return build_series(frame, metadata, position=config.sequence.position)
 
 
 def _fold_series(config: Config, metadata: pd.DataFrame, prior: np.ndarray) -> Series:
@@ -93,6 +93,7 @@ def train_fold(
             shuffle=True,
             seed=config.train.seed,
             jitter=seq.jitter,
+            position=seq.position,
         )
         width = next(iter(series.values()))[1].shape[1]
         model = compile_fold_model(
@@ -106,7 +107,9 @@ def train_fold(
         return FoldPlan(
             model,
             train_gen,
-            SeriesGenerator(valid_series, split.labels, batch_size=seq.batch_size),
+            SeriesGenerator(
+                valid_series, split.labels, batch_size=seq.batch_size, position=seq.position
+            ),
             epochs=seq.epochs,
             patience=seq.patience,
             predict_oof=lambda best: (predict_series(best, valid_series, config), extra),
@@ -142,7 +145,13 @@ def predict_series(model: keras.Model, series: Series, config: Config) -> pd.Dat
     views = [False, True] if config.sequence.tta_reverse else [False]
     frames = [
         predict_frame(
-            model, SeriesGenerator(series, batch_size=config.sequence.batch_size, reverse=r)
+            model,
+            SeriesGenerator(
+                series,
+                batch_size=config.sequence.batch_size,
+                reverse=r,
+                position=config.sequence.position,
+            ),
         )
         for r in views
     ]

@@ -1,0 +1,106 @@
+"""Stage 2's series inputs: geometry, deltas, distortion and reversal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from rsna.data.series import (
+    GEOMETRY,
+    MAX_GAP_RATIO,
+    build_series,
+    distort,
+    geometry,
+    reversed_series,
+)
+
+
+def test_geometry_of_a_series_with_one_missing_slice():
+    z = np.array([0.0, 5.0, 10.0, 20.0, 25.0])  # the slice at 15 mm is missing
+    got = geometry(z)
+    np.testing.assert_allclose(got[:, 0], [0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(got[:, 1], [0, 1, 1, 2, 1])  # gap to the previous slice
+    np.testing.assert_allclose(got[:, 2], [1, 1, 2, 1, 0])  # gap to the next slice
+
+
+@pytest.mark.parametrize(
+    "z, expected",
+    [
+        ([7.0], [[0, 0, 0]]),  # one slice: no neighbours
+        ([3.0, 3.0, 3.0], [[0, 0, 0], [0.5, 0, 0], [1, 0, 0]]),  # no spacing at all
+        ([0.0, np.nan, 10.0], [[0, 0, 0], [0.5, 0, 0], [1, 0, 0]]),  # z missing: no gaps
+        (
+            [0.0, 1.0, 2.0, 1000.0],
+            [[0, 0, 1], [1 / 3, 1, 1], [2 / 3, 1, MAX_GAP_RATIO], [1, MAX_GAP_RATIO, 0]],
+        ),
+    ],
+)
+def test_geometry_survives_degenerate_series(z, expected):
+    np.testing.assert_allclose(geometry(np.array(z)), expected, atol=1e-6)
+
+
+def _metadata(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    ids = [f"ID_{k}" for k in range(n)]
+    meta = pd.DataFrame(
+        {"series_uid": "s", "slice_index": np.arange(n)[::-1], "z": 5.0 * np.arange(n)[::-1]},
+        index=ids,
+    )
+    frame = pd.DataFrame(
+        {"a": np.arange(n, dtype=float) ** 2, "b": -np.arange(n, dtype=float)}, index=ids
+    )
+    return frame, meta
+
+
+def test_build_series_appends_geometry_after_the_deltas():
+    frame, meta = _metadata(4)
+    ((ids, values),) = build_series(frame, meta, position=True).values()
+    assert ids == ["ID_3", "ID_2", "ID_1", "ID_0"]  # by slice_index, not by file order
+    assert values.shape == (4, 3 * 2 + len(GEOMETRY))
+    np.testing.assert_allclose(values[:, :2], frame.loc[ids].to_numpy())
+    np.testing.assert_allclose(values[1:, 2:4], values[1:, :2] - values[:-1, :2])
+    np.testing.assert_allclose(values[:-1, 4:6], values[:-1, :2] - values[1:, :2])
+    np.testing.assert_allclose(values[:, 6:], geometry(np.arange(4) * 5.0))
+    ((_, plain),) = build_series(frame, meta).values()
+    np.testing.assert_array_equal(plain, values[:, :6])
+
+
+series_values = st.integers(1, 3).flatmap(
+    lambda d: st.tuples(
+        st.just(d),
+        arrays(
+            np.float32,
+            st.tuples(st.integers(1, 9), st.just(3 * d + len(GEOMETRY))),
+            elements=st.floats(-10, 10, width=32),
+        ),
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(series_values)
+def test_reversing_twice_is_the_identity_and_swaps_gaps(case):
+    d, values = case
+    back = reversed_series(values, position=True)
+    np.testing.assert_array_equal(reversed_series(back, position=True), values)
+    np.testing.assert_array_equal(back[:, 0], values[::-1, 0])
+    np.testing.assert_array_equal(back[:, d : 2 * d], values[::-1, 2 * d : 3 * d])
+    np.testing.assert_array_equal(back[:, -3], values[::-1, -3])  # a slice keeps its position
+    np.testing.assert_array_equal(back[:, -2], values[::-1, -1])
+    np.testing.assert_array_equal(back[:, -1], values[::-1, -2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(series_values, st.integers(0, 2**32 - 1))
+def test_distortion_leaves_geometry_alone_and_scales_deltas_only(case, seed):
+    d, values = case
+    out = distort(values, np.random.default_rng(seed), 0.3, position=True)
+    np.testing.assert_array_equal(out[:, -3:], values[:, -3:])
+    scale = out[:, d : 2 * d] / np.where(values[:, d : 2 * d] == 0, 1, values[:, d : 2 * d])
+    nonzero = values[:, d : 2 * d] != 0
+    assert np.all((scale[nonzero] > 0.69) & (scale[nonzero] < 1.31))
+    same = distort(values, np.random.default_rng(seed), 0.3, position=True)
+    np.testing.assert_array_equal(out, same)  # the generator decides everything
