@@ -231,15 +231,33 @@ def _run_config(path: str):
 
 
 def _blend(args: argparse.Namespace) -> None:
-    from rsna.blend import blend_runs
+    from rsna.blend import BlendResult, blend_runs
+    from rsna.stack import StackParams
 
-    result, table = blend_runs(args.runs, args.out, work_dir=args.work)
+    params = None if args.stack is None else StackParams(neighbours=args.neighbours, seed=args.seed)
+    result, table = blend_runs(
+        args.runs,
+        args.out,
+        work_dir=args.work,
+        weights=args.weights,
+        stack=args.stack,
+        stack_params=params,
+    )
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
-    print("\nweights (fitted on every fold, used for the test):")
-    print(result.weights.to_string(float_format=lambda v: f"{v:.3f}"))
+    if isinstance(result, BlendResult):
+        by_fold = ", ".join(f"fold {k}: {w}" for k, w in result.fold_weighting.items())
+        print(f"\nweighting: {result.weighting} for the test ({by_fold})")
+        print("weights (fitted on every fold, used for the test):")
+        print(result.weights.to_string(float_format=lambda v: f"{v:.3f}"))
+        how = "weights cross-validated across folds"
+    else:
+        top = result.importance.sum(axis=1).sort_values(ascending=False).head(8)
+        print(f"\nstack: LightGBM per label over ±{args.neighbours} slices; strongest features:")
+        print(", ".join(top.index))
+        how = "each fold predicted by trees trained on the other folds"
     best = table.drop(columns="blend").loc["weighted"]
     print(
-        f"blend CV {table.loc['weighted', 'blend']:.4f} (weights cross-validated across folds); "
+        f"blend CV {table.loc['weighted', 'blend']:.4f} ({how}); "
         f"best single run {best.min():.4f} ({best.idxmin()})"
     )
     print(
@@ -359,7 +377,9 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from rsna.blend import WEIGHTINGS
     from rsna.data.codecs import COMPRESSIONS
+    from rsna.stack import STACKERS
     from rsna.training.strategy import STRATEGIES
 
     common = _common()
@@ -485,9 +505,30 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="blend",
-        help="blend runs' predictions per label, with weights cross-validated across folds",
+        help="blend runs' predictions, with weights cross-validated across folds",
     )
     p.add_argument("runs", metavar="RUN", nargs="+", help="stage folders: RUN or RUN/stage2")
+    p.add_argument(
+        "--weights",
+        choices=("auto", *WEIGHTINGS),
+        default="auto",
+        help="equal, one set for every label (shared), one per label, or chosen by a nested "
+        "CV (auto, the default)",
+    )
+    p.add_argument(
+        "--stack",
+        choices=STACKERS,
+        default=None,
+        help="instead of weights, a second-level model per label over each slice's and its "
+        "neighbours' predictions (needs pip install 'rsna[stack]')",
+    )
+    p.add_argument(
+        "--neighbours",
+        type=_integer("neighbours", low=0),
+        default=2,
+        help="with --stack: slices on each side, by z (default 2)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="with --stack: the trees' seed")
     p.add_argument("--out", type=_folder("out"), required=True, help="folder to write")
     p.add_argument("--work", type=Path, default=None, help="work folder (default: the first run's)")
     p.set_defaults(run=_blend)

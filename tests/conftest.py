@@ -6,11 +6,19 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from harness import TINY, TINY_CODEC, TINY_SPEC
+from rsna import predictions
+from rsna.data.folds import read_folds
+from rsna.data.labels import LABELS
+from rsna.data.metadata import read_prepared_labels
 from rsna.data.synthetic import make_competition
 from rsna.errors import DataWarning
+from rsna.metrics import sigmoid
+from rsna.submission import write_submission
 
 os.environ.setdefault("RSNA_PROGRESS", "0")
 
@@ -39,3 +47,38 @@ def tiny_work(tiny_competition, tmp_path_factory: pytest.TempPathFactory) -> Pat
     )
     build_cache(work, TINY_SPEC, codec=TINY_CODEC, shard_size=16, workers=1)
     return work
+
+
+def _fake_run(folder, truth, folds, *, noise, seed, sample_csv, test_ids):
+    rng = np.random.default_rng(seed)
+    z = np.where(truth.to_numpy() > 0, 2.5, -2.5) + rng.normal(0, noise, truth.shape)
+    oof = pd.DataFrame(sigmoid(z), index=truth.index, columns=list(LABELS)).rename_axis("image_id")
+    for k in sorted(folds.unique()):
+        (folder / f"fold_{k}").mkdir(parents=True)
+        oof[folds.loc[oof.index] == k].to_csv(folder / f"fold_{k}" / "oof.csv")
+    test = pd.DataFrame(
+        rng.uniform(0.01, 0.99, (len(test_ids), len(LABELS))), index=test_ids, columns=list(LABELS)
+    )
+    write_submission(test, sample_csv, folder / "submission.csv")
+    return oof, test
+
+
+@pytest.fixture()
+def two_runs(tiny_work, tmp_path):
+    """Two fake runs ("a" better than "b") on `tiny_work`'s folds, with submissions."""
+    truth = read_prepared_labels(tiny_work)
+    folds = read_folds(tiny_work / "folds.csv").loc[truth.index]
+    test = predictions.test_images(tiny_work)
+    made = [
+        _fake_run(
+            tmp_path / name,
+            truth,
+            folds,
+            noise=noise,
+            seed=seed,
+            sample_csv=test.sample_csv,
+            test_ids=test.images,
+        )
+        for name, noise, seed in (("a", 1.0, 1), ("b", 3.0, 2))
+    ]
+    return tmp_path, truth, folds, made

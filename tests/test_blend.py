@@ -12,17 +12,17 @@ from rsna import predictions
 from rsna.blend import (
     BlendError,
     blend_runs,
+    choose_weighting,
     cross_validated_blend,
     fit_weights,
     read_run,
     read_submission,
+    weights_for,
 )
 from rsna.cli import main
-from rsna.data.folds import read_folds
 from rsna.data.labels import LABELS
-from rsna.data.metadata import read_prepared_labels
 from rsna.metrics import logit, sigmoid, weighted_log_loss
-from rsna.submission import validate_submission, write_submission
+from rsna.submission import validate_submission
 
 
 def test_fit_weights_finds_the_informative_run_and_stays_on_the_simplex():
@@ -39,38 +39,41 @@ def test_fit_weights_finds_the_informative_run_and_stays_on_the_simplex():
     assert fit_weights(signal[:, None], truth.astype(float)).tolist() == [1.0]
 
 
-def _fake_run(folder, truth, folds, *, noise, seed, sample_csv, test_ids):
-    rng = np.random.default_rng(seed)
-    z = np.where(truth.to_numpy() > 0, 2.5, -2.5) + rng.normal(0, noise, truth.shape)
-    oof = pd.DataFrame(sigmoid(z), index=truth.index, columns=list(LABELS)).rename_axis("image_id")
-    for k in sorted(folds.unique()):
-        (folder / f"fold_{k}").mkdir(parents=True)
-        oof[folds.loc[oof.index] == k].to_csv(folder / f"fold_{k}" / "oof.csv")
-    test = pd.DataFrame(
-        rng.uniform(0.01, 0.99, (len(test_ids), len(LABELS))), index=test_ids, columns=list(LABELS)
+def test_shared_weights_minimise_the_metric_over_every_label():
+    rng = np.random.default_rng(1)
+    truth = (rng.random((3000, len(LABELS))) < 0.3).astype(float)
+    good = np.where(truth > 0, 2.0, -2.0) + rng.normal(0, 1.0, truth.shape)
+    poor = np.where(truth > 0, 2.0, -2.0) + rng.normal(0, 3.0, truth.shape)
+    logits = np.stack([good, poor], axis=1)
+    w = weights_for("shared", logits, truth)
+    assert w.shape == (len(LABELS), 2) and np.allclose(w, w[0]) and w[0, 0] > 0.7
+    best = weighted_log_loss(truth, sigmoid(np.einsum("nrl,lr->nl", logits, w)))
+    for a in np.linspace(0, 1, 21):  # no point of a grid on the simplex does better
+        grid = sigmoid(a * good + (1 - a) * poor)
+        assert best <= weighted_log_loss(truth, grid) + 1e-9
+    # label weights matter: all weight on one label fits that label alone
+    only_any = np.eye(len(LABELS))[-1]
+    np.testing.assert_allclose(
+        fit_weights(logits, truth, label_weights=only_any),
+        fit_weights(logits[:, :, -1], truth[:, -1]),
+        atol=1e-4,
     )
-    write_submission(test, sample_csv, folder / "submission.csv")
-    return oof, test
+    assert np.allclose(weights_for("equal", logits, truth), 0.5)
+    with pytest.raises(BlendError, match="Received: 'best'"):
+        weights_for("best", logits, truth)
 
 
-@pytest.fixture()
-def two_runs(tiny_work, tmp_path):
-    truth = read_prepared_labels(tiny_work)
-    folds = read_folds(tiny_work / "folds.csv").loc[truth.index]
-    test = predictions.test_images(tiny_work)
-    made = [
-        _fake_run(
-            tmp_path / name,
-            truth,
-            folds,
-            noise=noise,
-            seed=seed,
-            sample_csv=test.sample_csv,
-            test_ids=test.images,
-        )
-        for name, noise, seed in (("a", 1.0, 1), ("b", 3.0, 2))
-    ]
-    return tmp_path, truth, folds, made
+def test_the_nested_choice_prefers_equal_weights_for_runs_of_one_recipe():
+    rng = np.random.default_rng(2)
+    n = 3000
+    truth = (rng.random((n, len(LABELS))) < 0.3).astype(float)
+    folds = np.repeat(np.arange(3), n // 3)
+    signal = np.where(truth > 0, 2.0, -2.0)
+    twins = np.stack([signal + rng.normal(0, 2.0, truth.shape) for _ in range(2)], axis=1)
+    assert choose_weighting(twins, truth, folds) == "equal"
+    lopsided = np.stack([twins[:, 0], rng.normal(0, 2.0, truth.shape)], axis=1)
+    assert choose_weighting(lopsided, truth, folds) in ("shared", "per-label")
+    assert choose_weighting(lopsided, truth, np.zeros(n)) == "equal"  # one fold: nothing to test
 
 
 def test_read_run_round_trips_oof_folds_and_submission(two_runs):
@@ -88,8 +91,9 @@ def test_read_run_round_trips_oof_folds_and_submission(two_runs):
 def test_the_reported_cv_comes_from_weights_fitted_on_other_folds(two_runs):
     root, truth, folds, made = two_runs
     found = [read_run(root / "a"), read_run(root / "b")]
-    result = cross_validated_blend(found, truth)
+    result = cross_validated_blend(found, truth, weights="per-label")
     assert set(result.fold_weights) == set(folds.unique())
+    assert result.weighting == "per-label" and set(result.fold_weighting.values()) == {"per-label"}
     # recompute one fold by hand from weights fitted without it
     k = int(folds.iloc[0])
     held = result.oof.index[folds.loc[result.oof.index] == k]
@@ -109,6 +113,25 @@ def test_the_reported_cv_comes_from_weights_fitted_on_other_folds(two_runs):
     assert weighted_log_loss(truth.loc[result.oof.index], result.oof) <= best * 1.02
 
 
+def test_auto_chooses_each_folds_weighting_on_the_other_folds_only(two_runs):
+    root, truth, folds, _ = two_runs
+    found = [read_run(root / "a"), read_run(root / "b")]
+    result = cross_validated_blend(found, truth)
+    index = result.oof.index
+    logits = np.stack([logit(r.oof.loc[index].to_numpy()) for r in found], axis=1)
+    y = truth.loc[index, list(LABELS)].to_numpy(float)
+    fold_of = folds.loc[index].to_numpy()
+    for k, chosen in result.fold_weighting.items():
+        others = fold_of != k
+        assert chosen == choose_weighting(logits[others], y[others], fold_of[others])
+        expected = weights_for(chosen, logits[others], y[others])
+        np.testing.assert_allclose(result.fold_weights[k].to_numpy(), expected, atol=1e-6)
+    assert result.weighting == choose_weighting(logits, y, fold_of)
+    assert result.weighting != "equal"  # run b is much noisier than run a
+    with pytest.raises(BlendError, match="`weights` must be one of"):
+        cross_validated_blend(found, truth, weights="best")
+
+
 def test_blend_runs_writes_a_valid_submission_and_the_cli_prints_it(two_runs, tiny_work, capsys):
     root, *_ = two_runs
     code = main(
@@ -120,13 +143,18 @@ def test_blend_runs_writes_a_valid_submission_and_the_cli_prints_it(two_runs, ti
             str(root / "blend"),
             "--work",
             str(tiny_work),
+            "--weights",
+            "shared",
         ]
     )
     assert code in (0, None)
     printed = capsys.readouterr().out
-    assert "blend CV" in printed and "weights" in printed
+    assert "blend CV" in printed and "weighting: shared for the test" in printed
     report = json.loads((root / "blend" / "evaluate.json").read_text())
     assert set(report["per_label"]) == {*LABELS, "weighted"} and "fold_weights" in report
+    assert report["weighting"] == "shared" and set(report["fold_weighting"].values()) == {"shared"}
+    weights = pd.DataFrame(report["weights"]).T
+    assert np.allclose(weights.to_numpy(), weights.to_numpy()[0])  # one set for every label
     for name in ("oof.csv", "blend.png", "predictions_test.csv", "submission.csv"):
         assert (root / "blend" / name).is_file()
     validate_submission(
