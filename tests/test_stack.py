@@ -1,0 +1,135 @@
+"""rsna.stack: neighbour features, out-of-fold trees, and the stacked blend's files."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsna import predictions
+from rsna.blend import blend_runs, read_run, stack_found
+from rsna.cli import main
+from rsna.data.labels import LABELS
+from rsna.data.series import GEOMETRY
+from rsna.errors import DataWarning
+from rsna.stack import StackError, StackParams, stack_features, stack_runs
+from rsna.submission import validate_submission
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::rsna.errors.DataWarning")  # tiny folds
+
+
+def _series(lengths: dict[str, int]) -> pd.DataFrame:
+    rows = [(f"{uid}_{k}", uid, k, 5.0 * k) for uid, n in lengths.items() for k in range(n)] + [
+        ("lonely", "", -1, np.nan)
+    ]
+    frame = pd.DataFrame(rows, columns=["image_id", "series_uid", "slice_index", "z"])
+    return frame.set_index("image_id").sample(frac=1.0, random_state=0)  # any row order
+
+
+def test_features_hold_each_slices_neighbours_series_summary_and_geometry():
+    slices = _series({"a": 4, "b": 2})
+    values = pd.DataFrame(
+        np.arange(len(slices) * len(LABELS), dtype=float).reshape(len(slices), -1),
+        index=slices.index,
+        columns=list(LABELS),
+    )
+    x, names = stack_features({"run": values}, slices, neighbours=1)
+    assert x.shape == (len(slices), len(names)) and len(set(names)) == len(names)
+    frame = pd.DataFrame(x, index=slices.index, columns=names)
+    assert frame.loc["a_1", "r0_any_+1"] == values.loc["a_2", "any"]
+    assert frame.loc["a_1", "r0_epidural_-1"] == values.loc["a_0", "epidural"]
+    assert frame.loc["a_3", "r0_any_+1"] == values.loc["a_3", "any"]  # the edge repeats
+    assert (
+        frame.loc["b_0", "r0_subdural_series_max"] == values.loc[["b_0", "b_1"], "subdural"].max()
+    )
+    assert frame.loc["b_1", "r0_any_series_mean"] == values.loc[["b_0", "b_1"], "any"].mean()
+    assert frame.loc["lonely", "r0_any_series_max"] == values.loc["lonely", "any"]  # alone
+    assert frame.loc["lonely", "r0_any_-1"] == values.loc["lonely", "any"]
+    np.testing.assert_allclose(
+        frame.loc[["a_0", "a_1", "a_2", "a_3"], "position"], [0, 1 / 3, 2 / 3, 1]
+    )
+    np.testing.assert_allclose(frame.loc["a_0", list(GEOMETRY)], [0, 0, 1])
+    assert frame.loc["lonely", list(GEOMETRY)].tolist() == [0, 0, 0]
+
+
+@pytest.fixture()
+def stacked(two_runs, tiny_work):
+    root, truth, folds, _ = two_runs
+    found = [read_run(root / "a"), read_run(root / "b")]
+    params = StackParams(trees=20, leaves=4, min_child_samples=5)
+    return found, truth, folds, params, stack_found(found, truth, tiny_work, params=params)
+
+
+def test_each_fold_is_predicted_by_trees_that_never_saw_its_labels(stacked, tiny_work):
+    found, truth, folds, params, (result, test) = stacked
+    assert result.oof.index.equals(folds.index) and np.isfinite(result.oof.to_numpy()).all()
+    k = int(folds.iloc[0])
+    flipped = truth.copy()
+    held = folds.index[folds == k]
+    flipped.loc[held, list(LABELS)] = 1 - flipped.loc[held, list(LABELS)]
+    again, _ = stack_found(found, flipped, tiny_work, params=params)
+    pd.testing.assert_frame_equal(again.oof.loc[held], result.oof.loc[held])  # fold k unchanged
+    others = folds.index[folds != k]
+    assert not np.allclose(again.oof.loc[others], result.oof.loc[others])  # the rest learnt it
+    same, _ = stack_found(found, truth, tiny_work, params=params)
+    pd.testing.assert_frame_equal(same.oof, result.oof)  # deterministic
+    assert test.index.equals(found[0].test.index) and test.notna().all().all()
+
+
+def test_a_label_with_one_class_gets_its_training_mean_and_a_warning(stacked):
+    found, truth, folds, params, _ = stacked
+    none = truth.copy()
+    none["epidural"] = 0.0
+    logits = {r.name: r.oof for r in found}
+    slices = pd.DataFrame({"series_uid": "", "slice_index": -1, "z": np.nan}, index=folds.index)
+    with pytest.warns(DataWarning, match="epidural has one class only"):
+        result = stack_runs(logits, logits, none, folds, slices, slices, params=params)
+    assert sorted(result.constant["epidural"]) == sorted(int(k) for k in folds.unique())
+    assert np.allclose(result.oof["epidural"], 1e-4)  # clipped as a prior is
+
+
+def test_the_cli_stacks_and_missing_lightgbm_is_a_clear_error(
+    two_runs, tiny_work, capsys, monkeypatch
+):
+    root, *_ = two_runs
+    args = ["blend", str(root / "a"), str(root / "b"), "--work", str(tiny_work)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        assert main(
+            [*args, "--out", str(root / "s"), "--stack", "lightgbm", "--neighbours", "1"]
+        ) in (0, None)
+    printed = capsys.readouterr().out
+    assert "stack: LightGBM per label over ±1 slices" in printed
+    report = json.loads((root / "s" / "evaluate.json").read_text())
+    assert report["stack"] == "lightgbm" and report["params"]["neighbours"] == 1
+    assert set(report["run_codes"].values()) == {"a", "b"}
+    validate_submission(
+        root / "s" / "submission.csv", predictions.test_images(tiny_work).sample_csv
+    )
+    monkeypatch.setitem(sys.modules, "lightgbm", None)  # as if not installed
+    with pytest.raises(StackError, match=r"pip install 'rsna\[stack\]'"):
+        blend_runs([root / "a", root / "b"], root / "t", work_dir=tiny_work, stack="lightgbm")
+    with pytest.raises(StackError, match="Received: stack='xgboost'"):
+        blend_runs([root / "a", root / "b"], root / "t", work_dir=tiny_work, stack="xgboost")
+    assert main([*args, "--out", str(root / "u"), "--stack", "lightgbm"]) == 2
+    assert "rsna: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"neighbours": -1}, "`neighbours` must be an integer in"),
+        ({"trees": 0}, "`trees` must be an integer in"),
+        ({"leaves": True}, "Received: leaves=True"),
+        ({"learning_rate": 0.0}, "`learning_rate` must be in"),
+        ({"l2": float("nan")}, "`l2` must be >= 0"),
+    ],
+)
+def test_bad_stack_options_are_refused(bad, message):
+    with pytest.raises(StackError, match=message):
+        StackParams(**bad)
