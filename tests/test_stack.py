@@ -19,7 +19,6 @@ from rsna.errors import DataWarning
 from rsna.stack import StackError, StackParams, stack_features, stack_runs
 from rsna.submission import validate_submission
 
-
 pytestmark = pytest.mark.filterwarnings("ignore::rsna.errors.DataWarning")  # tiny folds
 
 
