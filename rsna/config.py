@@ -11,7 +11,7 @@ examples)::
                workers
     [augment]  flip, shift, scale, rotate, interpolation
     [predict]  tta, ensemble, clip, batch_size
-    [sequence] inputs, units, dropout, conv, epochs, batch_size, learning_rate, patience, tta_reverse, jitter, position
+    [sequence] inputs, units, dropout, conv, bags, epochs, batch_size, learning_rate, patience, tta_reverse, jitter, position
 
 Each TOML value is converted by the declared type of its field (``int``, ``float``,
 ``bool``, ``str``, a ``Literal`` of choices, ``Path``, ``Path | None``, a tuple of any of
@@ -150,6 +150,7 @@ class SequenceConfig:
     units: int = 64
     dropout: float = 0.1
     conv: int = 0  # kernel size of a 1-D convolution along z beside the GRU; 0 for none
+    bags: int = 1  # series networks per model, each initialised apart; their corrections averaged
     epochs: int = 30
     batch_size: int = 8  # series per batch
     learning_rate: float = 3e-3
@@ -393,6 +394,7 @@ def _validate(config: Config, source: str) -> None:
         (config.sequence.patience >= 1, "sequence.patience", config.sequence.patience, "must be positive"),
         (0.0 <= config.sequence.jitter < 1.0, "sequence.jitter", config.sequence.jitter, "must be in [0, 1)"),
         (0 <= config.sequence.conv <= 15, "sequence.conv", config.sequence.conv, "must be in [0, 15]"),
+        (1 <= config.sequence.bags <= 16, "sequence.bags", config.sequence.bags, "must be in [1, 16]"),
     ]  # fmt: skip
     for ok, key, value, rule in checks:
         if not ok:

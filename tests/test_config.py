@@ -87,6 +87,8 @@ def test_defaults_and_run_dir(tmp_path):
         ("[augment]\nrotate = 270.0\n", "\\[augment\\] `rotate` must be in \\[0, 180\\]"),
         ("[predict]\ntta = ['vflip']\n", "`predict.tta` must be a non-empty list of"),
         ("[predict]\nclip = 0.7\n", "`predict.clip` must be in \\(0, 0.5\\)"),
+        ("[sequence]\nbags = 0\n", "`sequence.bags` must be in \\[1, 16\\]. Received: bags=0"),
+        ("[sequence]\nposition = 'yes'\n", "`sequence.position`"),
         ("[data]\nwork_dir = 3\n", "`data.work_dir` must be a path string"),
         ("train = 3\n", "`train` must be a table"),
         ("[train\n", "not valid TOML"),

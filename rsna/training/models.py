@@ -163,31 +163,49 @@ def _input_scaling(x: keras.KerasTensor, family: str, channels: int) -> keras.Ke
     )(x)
 
 
-def build_sequence_model(config: Config, width: int) -> keras.Model:
-    """Masked BiGRU over (steps, width) slice inputs; six sigmoids per slice.
-
-    When the inputs include stage-1 logits, the output logits are those plus a learned
-    correction.
-    """
-    slices = keras.Input((None, width), name="slices")
-    mask = keras.Input((None,), name="mask")
+def _series_branch(slices, mask, seq, *, suffix: str):
+    """One series network: projection, masked BiGRU (and a Conv1D beside it), and a
+    zero-initialised per-slice correction of the six logits."""
     boolean = keras.ops.cast(mask, "bool")
-    seq = config.sequence
-    x = keras.layers.Dense(seq.units, activation="relu", name="project")(slices)
+    x = keras.layers.Dense(seq.units, activation="relu", name=f"project{suffix}")(slices)
     x = keras.layers.Dropout(seq.dropout)(x)
     branches = [
-        keras.layers.Bidirectional(keras.layers.GRU(seq.units, return_sequences=True), name="bigru")(
-            x, mask=boolean
-        )
+        keras.layers.Bidirectional(
+            keras.layers.GRU(seq.units, return_sequences=True), name=f"bigru{suffix}"
+        )(x, mask=boolean)
     ]
     if seq.conv:  # a 1-D convolution along z beside the GRU (1st place); padding zeroed first
         local = keras.ops.multiply(x, keras.ops.expand_dims(mask, -1))
         branches.append(
-            keras.layers.Conv1D(seq.units, seq.conv, padding="same", activation="relu", name="conv")(local)
+            keras.layers.Conv1D(
+                seq.units, seq.conv, padding="same", activation="relu", name=f"conv{suffix}"
+            )(local)
         )
-    x = branches[0] if len(branches) == 1 else keras.layers.Concatenate(name="branches")(branches)
+    if len(branches) > 1:
+        x = keras.layers.Concatenate(name=f"branches{suffix}")(branches)
+    else:
+        x = branches[0]
     x = keras.layers.Dropout(seq.dropout)(x)
-    correction = keras.layers.Dense(len(LABELS), kernel_initializer="zeros", name="correction")(x)
+    return keras.layers.Dense(len(LABELS), kernel_initializer="zeros", name=f"correction{suffix}")(
+        x
+    )
+
+
+def build_sequence_model(config: Config, width: int) -> keras.Model:
+    """Masked BiGRU over (steps, width) slice inputs; six sigmoids per slice.
+
+    When the inputs include stage-1 logits, the output logits are those plus a learned
+    correction: the mean of ``sequence.bags`` networks' corrections.
+    """
+    slices = keras.Input((None, width), name="slices")
+    mask = keras.Input((None,), name="mask")
+    seq = config.sequence
+    if seq.bags == 1:
+        correction = _series_branch(slices, mask, seq, suffix="")
+    else:  # independently initialised networks whose corrections are averaged
+        correction = keras.layers.Average(name="correction")(
+            [_series_branch(slices, mask, seq, suffix=f"_{b}") for b in range(seq.bags)]
+        )
     if "logits" in config.sequence.inputs:
         # The first six inputs are the stage-1 logits; a frozen selection matrix passes them
         # through (a standard layer, so the model loads in safe mode; a Lambda would not).

@@ -109,19 +109,22 @@ def test_series_are_in_z_order_and_predictions_come_back_by_image(stage1, tiny_w
     )
 
 
-@pytest.mark.parametrize("conv", [0, 5])
-def test_padded_steps_do_not_change_the_real_steps(stage1, conv, tmp_path):
-    config = replace(stage1, sequence=replace(stage1.sequence, conv=conv))
+@pytest.mark.parametrize("conv, bags", [(0, 1), (5, 1), (3, 3)])
+def test_padded_steps_do_not_change_the_real_steps(stage1, conv, bags, tmp_path):
+    config = replace(stage1, sequence=replace(stage1.sequence, conv=conv, bags=bags))
     model = build_sequence_model(config, width=18)
-    assert ("conv" in [layer.name for layer in model.layers]) == bool(conv)
+    names = [layer.name for layer in model.layers]
+    assert sum(n.startswith("conv") for n in names) == (bags if conv else 0)
+    assert sum(n.startswith("bigru") for n in names) == bags
     rng = np.random.default_rng(0)
-    model.get_layer("correction").set_weights(
-        [
-            rng.normal(size=w.shape).astype("float32")
-            for w in model.get_layer("correction").get_weights()
-        ]
-    )
     series = rng.normal(size=(1, 5, 18)).astype("float32")
+    start = model.predict({"slices": series, "mask": np.ones((1, 5), "float32")}, verbose=0)
+    np.testing.assert_allclose(start, 1 / (1 + np.exp(-series[..., :6])), rtol=1e-5, atol=1e-6)
+    for layer in model.layers:  # zero-initialised corrections: stage 1 passes through until trained
+        if layer.name.startswith("correction") and layer.get_weights():
+            layer.set_weights(
+                [rng.normal(size=w.shape).astype("float32") for w in layer.get_weights()]
+            )
     alone = model.predict({"slices": series, "mask": np.ones((1, 5), "float32")}, verbose=0)
     padded = np.concatenate([series, rng.normal(size=(1, 4, 18)).astype("float32") * 100], axis=1)
     mask = np.concatenate([np.ones((1, 5)), np.zeros((1, 4))], axis=1).astype("float32")
