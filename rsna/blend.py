@@ -30,7 +30,8 @@ from rsna.data.labels import LABELS
 from rsna.errors import RsnaError
 from rsna.evaluate import fold_scores, read_fold_oof, significant, split_by_fold
 from rsna.metrics import WEIGHTS, logit, per_label_log_loss, sigmoid, weighted_log_loss
-from rsna.stack import STACKERS, StackError, StackParams, StackResult, describe
+from rsna.predictions import TestImages, test_images, with_prior
+from rsna.stack import STACKERS, StackError, StackParams, StackResult, describe, stack_runs
 
 __all__ = [
     "BlendError",
@@ -191,7 +192,11 @@ def weights_for(weighting: str, logits: np.ndarray, truth: np.ndarray) -> np.nda
         return np.tile(fit_weights(logits, truth, label_weights=WEIGHTS), (labels, 1))
     if weighting == "per-label":
         return np.stack([fit_weights(logits[:, :, j], truth[:, j]) for j in range(labels)])
-    raise BlendError(f"`weights` must be one of {('auto', *WEIGHTINGS)}. Received: {weighting!r}")
+    raise _unknown_weighting(weighting)
+
+
+def _unknown_weighting(value: object) -> BlendError:
+    return BlendError(f"`weights` must be one of {get_args(Weighting)}. Received: {value!r}")
 
 
 def choose_weighting(logits: np.ndarray, truth: np.ndarray, folds: np.ndarray) -> str:
@@ -230,8 +235,8 @@ def cross_validated_blend(
 ) -> BlendResult:
     """Blend: each fold scored with weights chosen (for ``auto``) and fitted on the other
     folds only."""
-    if weights != "auto" and weights not in WEIGHTINGS:
-        raise BlendError(f"`weights` must be one of {get_args(Weighting)}. Received: {weights!r}")
+    if weights not in get_args(Weighting):
+        raise _unknown_weighting(weights)
     folds = check_same_folds(found)
     index = folds.index
     oof = np.stack([logit(r.oof.loc[index].to_numpy(np.float64)) for r in found], axis=1)
@@ -326,17 +331,12 @@ def write_blend(
 
 
 def stack_found(
-    found: list[RunPredictions], truth: pd.DataFrame, work_dir: Path, *, params
+    found: list[RunPredictions], truth: pd.DataFrame, test: TestImages, *, params: StackParams
 ) -> tuple[StackResult, pd.DataFrame]:
     """:func:`rsna.stack.stack_runs` on the runs; the test predictions with the prior for
     images without a readable file, as every stage's submission has them."""
-    from rsna.data.metadata import read_metadata
-    from rsna.predictions import test_images, with_prior
-    from rsna.stack import stack_runs
-
     folds = check_same_folds(found)
-    test = test_images(work_dir)
-    slices = read_metadata(work_dir)[["series_uid", "slice_index", "z", "readable"]]
+    slices = test.metadata[["series_uid", "slice_index", "z", "readable"]]
     test_slices = slices.reindex(found[0].test.index)
     absent = test_slices["series_uid"].isna()
     test_slices.loc[absent, ["series_uid", "slice_index"]] = ["", -1]
@@ -401,7 +401,6 @@ def blend_runs(
         rsna.stack.StackError: `stack` is unknown, or its library is not installed.
     """
     from rsna.data.metadata import read_prepared_labels
-    from rsna.predictions import test_images
     from rsna.submission import write_submission
 
     if len(folders) < 2:
@@ -413,17 +412,18 @@ def blend_runs(
     found = [read_run(f, name=n) for f, n in zip(folders, names, strict=True)]
     work_dir = Path(work_dir) if work_dir is not None else run_work_dir(folders[0])
     truth = read_prepared_labels(work_dir)
+    test_set = test_images(work_dir)
     out = Path(out)
     if stack is None:
         result = cross_validated_blend(found, truth, weights=weights)
         test, method = result.test, weights_report(result)
     elif stack in STACKERS:
         params = stack_params or StackParams()
-        result, test = stack_found(found, truth, work_dir, params=params)
+        result, test = stack_found(found, truth, test_set, params=params)
         method = describe(params, result, [r.name for r in found])
     else:
         raise StackError(f"`stack` must be one of {STACKERS}. Received: stack={stack!r}")
     table = write_blend(found, result.oof, truth, out, method=method)
     files.write_csv(test, out / runs.PREDICTIONS_TEST, index=True)
-    write_submission(test, test_images(work_dir).sample_csv, out / runs.SUBMISSION, clip=clip)
+    write_submission(test, test_set.sample_csv, out / runs.SUBMISSION, clip=clip)
     return result, table

@@ -232,7 +232,7 @@ def _run_config(path: str):
 
 def _blend(args: argparse.Namespace) -> None:
     from rsna.blend import BlendResult, blend_runs
-    from rsna.stack import StackParams
+    from rsna.stack import StackParams, strongest_features
 
     params = None if args.stack is None else StackParams(neighbours=args.neighbours, seed=args.seed)
     result, table = blend_runs(
@@ -251,9 +251,8 @@ def _blend(args: argparse.Namespace) -> None:
         print(result.weights.to_string(float_format=lambda v: f"{v:.3f}"))
         how = "weights cross-validated across folds"
     else:
-        top = result.importance.sum(axis=1).sort_values(ascending=False).head(8)
         print(f"\nstack: LightGBM per label over ±{args.neighbours} slices; strongest features:")
-        print(", ".join(top.index))
+        print(", ".join(strongest_features(result, top=8).index))
         how = "each fold predicted by trees trained on the other folds"
     best = table.drop(columns="blend").loc["weighted"]
     print(

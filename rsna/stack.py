@@ -38,6 +38,7 @@ __all__ = [
     "describe",
     "stack_features",
     "stack_runs",
+    "strongest_features",
 ]
 
 #: The second-level models ``rsna blend --stack`` offers.
@@ -235,13 +236,18 @@ def stack_runs(
     )
 
 
+def strongest_features(result: StackResult, *, top: int) -> pd.Series:
+    """The `top` features by gain, summed over labels and folds, strongest first."""
+    return result.importance.sum(axis=1).sort_values(ascending=False).head(top)
+
+
 def describe(params: StackParams, result: StackResult, runs: list[str], top: int = 15) -> dict:
     """The stacker's part of ``evaluate.json``: options, run codes, strongest features."""
-    total = result.importance.sum(axis=1).sort_values(ascending=False)
+    total = strongest_features(result, top=top)
     return {
         "stack": "lightgbm",
         "params": asdict(params),
         "run_codes": {f"r{i}": name for i, name in enumerate(runs)},
         "constant_labels": result.constant,
-        "top_features_by_gain": {k: round(float(v), 3) for k, v in total.head(top).items()},
+        "top_features_by_gain": {k: round(float(v), 3) for k, v in total.items()},
     }

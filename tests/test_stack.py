@@ -61,7 +61,13 @@ def stacked(two_runs, tiny_work):
     root, truth, folds, _ = two_runs
     found = [read_run(root / "a"), read_run(root / "b")]
     params = StackParams(trees=20, leaves=4, min_child_samples=5)
-    return found, truth, folds, params, stack_found(found, truth, tiny_work, params=params)
+    return (
+        found,
+        truth,
+        folds,
+        params,
+        stack_found(found, truth, predictions.test_images(tiny_work), params=params),
+    )
 
 
 def test_each_fold_is_predicted_by_trees_that_never_saw_its_labels(stacked, tiny_work):
@@ -71,11 +77,11 @@ def test_each_fold_is_predicted_by_trees_that_never_saw_its_labels(stacked, tiny
     flipped = truth.copy()
     held = folds.index[folds == k]
     flipped.loc[held, list(LABELS)] = 1 - flipped.loc[held, list(LABELS)]
-    again, _ = stack_found(found, flipped, tiny_work, params=params)
+    again, _ = stack_found(found, flipped, predictions.test_images(tiny_work), params=params)
     pd.testing.assert_frame_equal(again.oof.loc[held], result.oof.loc[held])  # fold k unchanged
     others = folds.index[folds != k]
     assert not np.allclose(again.oof.loc[others], result.oof.loc[others])  # the rest learnt it
-    same, _ = stack_found(found, truth, tiny_work, params=params)
+    same, _ = stack_found(found, truth, predictions.test_images(tiny_work), params=params)
     pd.testing.assert_frame_equal(same.oof, result.oof)  # deterministic
     assert test.index.equals(found[0].test.index) and test.notna().all().all()
 
