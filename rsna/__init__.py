@@ -7,6 +7,7 @@ submission, plots) never load TensorFlow either, so importing this package is ch
 The names most used in a notebook are here, each loaded from its module on first use::
 
     from rsna import DataGenerator, read_hu, preprocess, LABELS, weighted_log_loss
+    from rsna import load_config, build_model  # build_model(load_config("demo"))
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "DataGenerator": "rsna.training.generator",
     "LABELS": "rsna.data.labels",
+    "build_model": "rsna.training.models",
     "load_config": "rsna.config",
     "preprocess": "rsna.data.windowing",
     "read_hu": "rsna.data.dicom",
@@ -34,6 +36,7 @@ __all__ = [
     "LABELS",
     "RsnaError",
     "__version__",
+    "build_model",
     "load_config",
     "preprocess",
     "read_hu",

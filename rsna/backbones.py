@@ -8,7 +8,8 @@ imports Keras.
 Scalings, from x in [0, 1] (the model divides the uint8 input by 255 first):
 
 * ``unit``: x as it is (the small CNN, trained from scratch);
-* ``raw``: 255 x, for backbones that normalise inside (EfficientNet, ConvNeXt);
+* ``raw``: 255 x, for backbones that normalise inside (EfficientNet, EfficientNetV2,
+  ConvNeXt, MobileNetV3);
 * ``tf``: 2 x - 1, the [-1, 1] of ResNetV2, Inception, Xception and MobileNet;
 * ``torch``: (x - ImageNet mean) / ImageNet std, for DenseNet;
 * ``caffe``: 255 x - 255 ImageNet mean, for ResNet (the channels are CT windows, not
@@ -38,33 +39,44 @@ class Backbone:
         constructor: the function of ``keras.applications``; "" for the small CNN.
         scaling: the input scaling of its pretrained weights (see the module docstring).
         min_size: the smallest ``image.size`` it can be built for.
+        imagenet_rescaling: Keras adds one more input layer when ``weights="imagenet"``
+            (EfficientNet B0-B7 rescale by 1/sqrt(ImageNet std) after normalising, see
+            ``keras/src/applications/efficientnet.py``); weights from a file need it too.
     """
 
     name: str
     constructor: str
     scaling: Scaling
     min_size: int = 32
+    imagenet_rescaling: bool = False
 
 
 def _table(*rows: Backbone) -> Mapping[str, Backbone]:
     return {row.name: row for row in rows}
 
 
-#: Every buildable backbone, by name.
+#: Every buildable backbone, by name: the families the top RSNA solutions used
+#: (EfficientNet, DenseNet, ResNet/ResNeXt-like, Inception, Xception) and more.
 BACKBONES: Mapping[str, Backbone] = _table(
     Backbone("small_cnn", "", "unit"),
-    Backbone("EfficientNetB0", "EfficientNetB0", "raw"),
-    Backbone("EfficientNetB1", "EfficientNetB1", "raw"),
-    Backbone("EfficientNetB2", "EfficientNetB2", "raw"),
-    Backbone("EfficientNetB3", "EfficientNetB3", "raw"),
-    Backbone("EfficientNetV2B0", "EfficientNetV2B0", "raw"),
-    Backbone("ResNet50", "ResNet50", "caffe"),
-    Backbone("ResNet50V2", "ResNet50V2", "tf"),
-    Backbone("DenseNet121", "DenseNet121", "torch"),
+    *(
+        Backbone(f"EfficientNetB{i}", f"EfficientNetB{i}", "raw", imagenet_rescaling=True)
+        for i in range(8)
+    ),
+    *(
+        Backbone(f"EfficientNetV2{v}", f"EfficientNetV2{v}", "raw")
+        for v in ("B0", "B1", "B2", "B3", "S", "M", "L")
+    ),
+    *(Backbone(f"ConvNeXt{v}", f"ConvNeXt{v}", "raw") for v in ("Tiny", "Small", "Base", "Large")),
+    *(Backbone(f"DenseNet{d}", f"DenseNet{d}", "torch") for d in (121, 169, 201)),
+    *(Backbone(f"ResNet{d}", f"ResNet{d}", "caffe") for d in (50, 101, 152)),
+    *(Backbone(f"ResNet{d}V2", f"ResNet{d}V2", "tf") for d in (50, 101, 152)),
     Backbone("InceptionV3", "InceptionV3", "tf", min_size=75),
+    Backbone("InceptionResNetV2", "InceptionResNetV2", "tf", min_size=75),
     Backbone("Xception", "Xception", "tf", min_size=71),
     Backbone("MobileNetV2", "MobileNetV2", "tf"),
-    Backbone("ConvNeXtTiny", "ConvNeXtTiny", "raw"),
+    Backbone("MobileNetV3Small", "MobileNetV3Small", "raw"),
+    Backbone("MobileNetV3Large", "MobileNetV3Large", "raw"),
 )
 
 

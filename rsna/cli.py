@@ -159,7 +159,7 @@ def _preprocess(args: argparse.Namespace) -> None:
     from rsna.data.codecs import codec_for
     from rsna.data.sources import ImageSpec
 
-    spec = ImageSpec(size=args.size, windows=args.windows, curve=args.curve)
+    spec = ImageSpec(size=args.size, windows=args.windows, curve=args.curve, crop=args.crop)
     codec = codec_for(args.compression, quality=args.quality)
     result = build_cache(
         args.work_dir,
@@ -177,6 +177,8 @@ def _preprocess(args: argparse.Namespace) -> None:
         f"store {result.path}: {result.images} images ({spec.describe()}), codec {codec.tag}; "
         f"{result.shards_written} shards written, {result.shards_reused} reused"
     )
+    if result.full_view:
+        print(f"{len(result.full_view)} slices show no head and keep their full field of view")
     if not result.complete:
         print(
             f"part {args.shard_index} of {args.num_shards} done; {result.shards_missing} shards "
@@ -378,6 +380,7 @@ def _common() -> argparse.ArgumentParser:
 def _parser() -> argparse.ArgumentParser:
     from rsna.blend import WEIGHTINGS
     from rsna.data.codecs import COMPRESSIONS
+    from rsna.data.crop import CROPS
     from rsna.stack import STACKERS
     from rsna.training.strategy import STRATEGIES
 
@@ -456,6 +459,12 @@ def _parser() -> argparse.ArgumentParser:
         help="names or center/width, comma-separated",
     )
     p.add_argument("--curve", choices=["linear", "sigmoid"], default="linear")
+    p.add_argument(
+        "--crop",
+        choices=CROPS,
+        default="none",
+        help="head: cut each slice to the square around the head before resizing",
+    )
     p.add_argument(
         "--compression",
         choices=COMPRESSIONS,

@@ -4,14 +4,15 @@ Sections and keys (the shipped ``rsna/configs/demo.toml`` and ``baseline.toml`` 
 examples)::
 
     [data]     work_dir, out_dir, cache, compression, quality
-    [image]    size, windows, context, curve
+    [image]    size, windows, context, curve, crop
     [model]    backbone, weights, dropout, mixed_precision
     [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
                patience, label_weights, augment, seed, deterministic,
                workers
     [augment]  flip, shift, scale, rotate, interpolation
     [predict]  tta, ensemble, clip, batch_size
-    [sequence] inputs, units, dropout, conv, bags, epochs, batch_size, learning_rate, patience, tta_reverse, jitter, position
+    [sequence] inputs, units, dropout, conv, bags, epochs, batch_size, learning_rate, patience, tta_reverse, jitter, position,
+               any_coupling
 
 Each TOML value is converted by the declared type of its field (``int``, ``float``,
 ``bool``, ``str``, a ``Literal`` of choices, ``Path``, ``Path | None``, a tuple of any of
@@ -40,6 +41,7 @@ from rsna import files, runs
 from rsna.backbones import BACKBONES, closest_backbone
 from rsna.data.augment import Augment
 from rsna.data.codecs import DEFAULT_QUALITY, Codec, Compression, codec_for
+from rsna.data.crop import Crop
 from rsna.data.labels import LABELS
 from rsna.data.sources import ImageSpec
 from rsna.data.windowing import MAX_SIZE, Curve, Window, parse_windows, window_name
@@ -101,17 +103,20 @@ class ImageConfig:
     windows: tuple[Window, ...] = parse_windows("brain,subdural,soft")
     context: int = 1
     curve: Curve = "linear"
+    crop: Crop = "none"  # "head": cut each slice to the square around the head (rsna.data.crop)
 
     @property
     def spec(self) -> ImageSpec:
         """What a preprocessed store must hold to feed this config."""
-        return ImageSpec(size=self.size, windows=self.windows, curve=self.curve)
+        return ImageSpec(size=self.size, windows=self.windows, curve=self.curve, crop=self.crop)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "EfficientNetB0"  # a name of rsna.backbones.BACKBONES
-    weights: Path | None = None  # a local weights file; never downloaded
+    #: A local Keras weights file of the backbone without its top (``*_notop.h5`` or
+    #: ``.weights.h5``), "imagenet" to download Keras's (needs the internet), or None.
+    weights: Literal["imagenet"] | Path | None = None
     dropout: float = 0.2
     mixed_precision: bool = False
 
@@ -158,6 +163,9 @@ class SequenceConfig:
     tta_reverse: bool = True  # also predict the reversed series and average
     jitter: float = 0.3  # random per-series scale and shift of the inputs while training
     position: bool = False  # add each slice's place in its series and its z gaps (series.GEOMETRY)
+    #: Each subtype's correction also gets a learned multiple of the `any` correction,
+    #: starting here (0 for none); see rsna.training.models.build_sequence_model.
+    any_coupling: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -299,10 +307,13 @@ def _convert(hint: Any, value: Any, *, source: str, key: str) -> Any:
     """Turn a TOML value into a field's declared type, or raise naming the key."""
     where, short = f"{source}: `{key}`", key.rpartition(".")[2]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):  # only `X | None` is used
-        if value in ("", None):
+    if origin in (typing.Union, types.UnionType):  # `X | None`, or named choices | Path | None
+        if value in ("", None) and type(None) in args:
             return None
-        inner = next(a for a in args if a is not type(None))
+        for choices in (a for a in args if typing.get_origin(a) is Literal):
+            if value in typing.get_args(choices):
+                return value
+        inner = next(a for a in args if a is not type(None) and typing.get_origin(a) is not Literal)
         return _convert(inner, value, source=source, key=key)
     if origin is tuple:
         return _convert_tuple(args[0], value, source=source, key=key)
@@ -395,14 +406,17 @@ def _validate(config: Config, source: str) -> None:
         (0.0 <= config.sequence.jitter < 1.0, "sequence.jitter", config.sequence.jitter, "must be in [0, 1)"),
         (0 <= config.sequence.conv <= 15, "sequence.conv", config.sequence.conv, "must be in [0, 15]"),
         (1 <= config.sequence.bags <= 16, "sequence.bags", config.sequence.bags, "must be in [1, 16]"),
+        (0.0 <= config.sequence.any_coupling <= 2.0, "sequence.any_coupling", config.sequence.any_coupling, "must be in [0, 2]"),
     ]  # fmt: skip
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{source}: `{key}` {rule}. Received: {key.split('.')[-1]}={value!r}")
     weights = config.model.weights
-    if weights is not None and not weights.is_file():
+    if isinstance(weights, Path) and not weights.is_file():
         raise ConfigError(
-            f"{source}: `model.weights` file not found: {weights} (weights are never downloaded)"
+            f"{source}: `model.weights` file not found: {weights}. Attach the Keras weights "
+            'file (e.g. efficientnetb0_notop.h5) and give its path, or set "imagenet" to '
+            "download them (needs the internet)"
         )
 
 

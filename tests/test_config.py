@@ -9,6 +9,7 @@ import pytest
 from rsna.config import (
     Config,
     ConfigError,
+    config_from_dict,
     dump_config,
     load_config,
     parse_override,
@@ -37,9 +38,13 @@ def test_shipped_configs_load():
         and baseline.image.context == 1
     )
     assert baseline.model.weights is None and baseline.model.mixed_precision
+    assert baseline.image.crop == "head" and demo.image.crop == "none"
+    strong = load_config(CONFIGS / "strong.toml")
+    assert strong.model.backbone == "EfficientNetB3" and strong.image.size == 384
+    assert strong.augment.crop_area == (0.6, 1.0) and strong.augment.erase == 0.5
     # Shipped configs load by name too, as `rsna train demo` does; nothing links to them.
     assert load_config("demo") == demo and load_config("baseline") == baseline
-    assert shipped_configs() == ["baseline", "demo"]
+    assert shipped_configs() == ["baseline", "demo", "strong"]
     assert not (Path(__file__).resolve().parents[1] / "configs").exists()
 
 
@@ -81,9 +86,12 @@ def test_defaults_and_run_dir(tmp_path):
         ("[model]\nbackbone = 'VGG99'\n", "`model.backbone` must be one of"),
         (
             "[model]\nweights = 'nope.h5'\n",
-            "`model.weights` file not found: .*nope.h5 \\(weights are never downloaded\\)",
+            "`model.weights` file not found: .*nope.h5. Attach the Keras weights file",
         ),
         ("[model]\ndropout = 1.0\n", "`model.dropout` must be in \\[0, 1\\)"),
+        ("[image]\ncrop = 'brain'\n", "`image.crop` must be one of \\('none', 'head'\\)"),
+        ("[augment]\nerase = 1.5\n", "`erase` must be in \\[0, 1\\]. Received: erase=1.5"),
+        ("[sequence]\nany_coupling = -1.0\n", "`sequence.any_coupling` must be in \\[0, 2\\]"),
         ("[augment]\nrotate = 270.0\n", "\\[augment\\] `rotate` must be in \\[0, 180\\]"),
         ("[predict]\ntta = ['vflip']\n", "`predict.tta` must be a non-empty list of"),
         ("[predict]\nclip = 0.7\n", "`predict.clip` must be in \\(0, 0.5\\)"),
@@ -162,3 +170,11 @@ def test_a_shipped_config_by_name_with_overrides():
         ConfigError, match="no shipped config of that name; shipped: baseline, demo"
     ):
         load_config("demmo")
+
+
+def test_weights_take_imagenet_by_name_and_a_path_otherwise(tmp_path):
+    assert config_from_dict({"model": {"weights": "imagenet"}}).model.weights == "imagenet"
+    assert config_from_dict({"model": {"weights": ""}}).model.weights is None
+    file = tmp_path / "b0_notop.h5"
+    file.write_bytes(b"x")
+    assert config_from_dict({"model": {"weights": str(file)}}).model.weights == file

@@ -1,9 +1,11 @@
 """Training-time augmentation: one random affine warp per sample, with cv2.
 
 A horizontal flip (left-right is a plausible head), a small shift, scale and rotation,
-composed into a single 2x3 matrix and applied with one ``cv2.warpAffine`` to every
-channel, so adjacent-slice context channels move together. Uncovered pixels become 0,
-which is the level of air in every preset window.
+and when asked a vertical flip and a random resized crop, composed into a single 2x3
+matrix and applied with one ``cv2.warpAffine`` to every channel, so adjacent-slice
+context channels move together. Uncovered pixels become 0, which is the level of air in
+every preset window. Then, when asked, each window's levels are jittered (one lookup
+table per window) and coarse rectangles are erased to air.
 
 The warp samples the nearest pixel by default. Bilinear sampling averages neighbours at
 random sub-pixel offsets, which lowers the pixel noise of every training image but of no
@@ -35,7 +37,9 @@ __all__ = [
     "Interpolation",
     "apply_affine",
     "augment",
+    "erase_boxes",
     "is_identity",
+    "jitter_levels",
     "random_affine",
 ]
 
@@ -56,15 +60,27 @@ class AugmentError(RsnaError):
 
 @dataclass(frozen=True)
 class Augment:
-    """Ranges of the random affine warp.
+    """Ranges of the random augmentation; the options after `interpolation` are off by
+    default, and an option that is off draws no random numbers (so turning one on does
+    not change what the others do for a seed).
 
     Attributes:
         flip: flip left-right with probability 0.5.
-        shift: largest shift, as a fraction of the image size.
-        scale: largest relative zoom, in or out.
-        rotate: largest rotation, degrees.
+        shift: largest shift, as a fraction of the image size, in [0, 0.5].
+        scale: largest relative zoom, in or out, in [0, 0.5].
+        rotate: largest rotation, degrees, in [0, 180].
         interpolation: how the warp samples pixels; ``"nearest"`` keeps the pixel
             statistics of unwarped slices (see the module docstring).
+        vflip: also flip up-down with probability 0.5.
+        crop_area: random resized crop: the range of the crop's area as a fraction of the
+            image, in (0, 1]; (1, 1) is off. Torchvision's default is (0.08, 1); heads
+            fill most of a head-cropped slice, so (0.6, 1) is a sane start.
+        crop_ratio: the range of the crop's width / height, log-uniform, in [1/4, 4].
+        erase: probability of coarse erasing, in [0, 1].
+        erase_holes: at most this many rectangles erased (to air, 0), at least one.
+        erase_size: the largest side of a rectangle, as a fraction of the image, in (0, 1].
+        brightness: largest shift of each window's levels, as a fraction of 255, in [0, 0.5].
+        contrast: largest relative change of each window's contrast about mid-grey, in [0, 0.5].
     """
 
     flip: bool = True
@@ -72,6 +88,14 @@ class Augment:
     scale: float = 0.1
     rotate: float = 15.0
     interpolation: Interpolation = "nearest"
+    vflip: bool = False
+    crop_area: tuple[float, ...] = (1.0, 1.0)
+    crop_ratio: tuple[float, ...] = (1.0, 1.0)
+    erase: float = 0.0
+    erase_holes: int = 4
+    erase_size: float = 0.2
+    brightness: float = 0.0
+    contrast: float = 0.0
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -79,10 +103,29 @@ class Augment:
                 f"`interpolation` must be one of {sorted(INTERPOLATIONS)}. "
                 f"Received: interpolation={self.interpolation!r}"
             )
-        for name, high in (("shift", 0.5), ("scale", 0.5), ("rotate", 180.0)):
+        ranges = (("shift", 0.5), ("scale", 0.5), ("rotate", 180.0), ("erase", 1.0),
+                  ("brightness", 0.5), ("contrast", 0.5))  # fmt: skip
+        for name, high in ranges:
             value = getattr(self, name)
             if not 0.0 <= value <= high:
                 raise AugmentError(f"`{name}` must be in [0, {high:g}]. Received: {name}={value!r}")
+        area, ratio = tuple(self.crop_area), tuple(self.crop_ratio)
+        if len(area) != 2 or not 0.0 < area[0] <= area[1] <= 1.0:
+            raise AugmentError(
+                f"`crop_area` must be two numbers low <= high in (0, 1]. Received: crop_area={area!r}"
+            )
+        if len(ratio) != 2 or not 0.25 <= ratio[0] <= ratio[1] <= 4.0:
+            raise AugmentError(
+                f"`crop_ratio` must be two numbers low <= high in [0.25, 4]. Received: crop_ratio={ratio!r}"
+            )
+        if not 1 <= self.erase_holes <= 64:
+            raise AugmentError(
+                f"`erase_holes` must be in [1, 64]. Received: erase_holes={self.erase_holes!r}"
+            )
+        if not 0.0 < self.erase_size <= 1.0:
+            raise AugmentError(
+                f"`erase_size` must be in (0, 1]. Received: erase_size={self.erase_size!r}"
+            )
 
 
 def random_affine(rng: np.random.Generator, *, size: int, config: Augment) -> np.ndarray:
@@ -99,7 +142,24 @@ def random_affine(rng: np.random.Generator, *, size: int, config: Augment) -> np
         matrix = matrix @ mirror
     matrix[0, 2] += dx
     matrix[1, 2] += dy
+    if config.vflip and rng.random() < 0.5:
+        matrix = matrix @ np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 2 * centre], [0.0, 0.0, 1.0]])
+    if tuple(config.crop_area) != (1.0, 1.0) or tuple(config.crop_ratio) != (1.0, 1.0):
+        matrix = matrix @ _resized_crop(rng, size=size, config=config)
     return matrix[:2].astype(np.float32)
+
+
+def _resized_crop(rng: np.random.Generator, *, size: int, config: Augment) -> np.ndarray:
+    """The 3x3 map of a random crop (area and width/height from the config's ranges,
+    placed anywhere inside) onto the whole image."""
+    area = rng.uniform(*config.crop_area)
+    ratio = math.exp(rng.uniform(math.log(config.crop_ratio[0]), math.log(config.crop_ratio[1])))
+    width = min(size * math.sqrt(area * ratio), size)
+    height = min(size * math.sqrt(area / ratio), size)
+    left = rng.uniform(0, size - width)
+    top = rng.uniform(0, size - height)
+    sx, sy = size / width, size / height  # the forward map: the crop's corner to (0, 0)
+    return np.array([[sx, 0.0, -left * sx], [0.0, sy, -top * sy], [0.0, 0.0, 1.0]])
 
 
 def apply_affine(
@@ -118,17 +178,73 @@ def apply_affine(
     return warped.reshape(image.shape)
 
 
-def augment(image: np.ndarray, rng: np.random.Generator, config: Augment) -> np.ndarray:
-    """One random warp of a square (size, size, channels) image."""
+def augment(
+    image: np.ndarray, rng: np.random.Generator, config: Augment, *, windows: int | None = None
+) -> np.ndarray:
+    """One random warp of a square (size, size, channels) uint8 image, then (when on) the
+    level jitter of each window and coarse erasing.
+
+    Args:
+        windows: channels per slice; channel c is window ``c % windows``, so context
+            slices get the same jitter as the centre. Default: every channel its own.
+    """
     matrix = random_affine(rng, size=image.shape[0], config=config)
-    return apply_affine(image, matrix, interpolation=config.interpolation)
+    out = apply_affine(image, matrix, interpolation=config.interpolation)
+    if config.brightness or config.contrast:
+        out = jitter_levels(out, rng, brightness=config.brightness, contrast=config.contrast, windows=windows)  # fmt: skip
+    if config.erase and rng.random() < config.erase:
+        out = erase_boxes(out, rng, holes=config.erase_holes, largest=config.erase_size)
+    return out
+
+
+def jitter_levels(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    brightness: float,
+    contrast: float,
+    windows: int | None = None,
+) -> np.ndarray:
+    """A random contrast (about mid-grey) and brightness per window, through a 256-entry
+    lookup table per window; levels are clipped to 0-255."""
+    channels = image.shape[-1]
+    windows = windows or channels
+    levels = np.arange(256, dtype=np.float32)
+    out = np.empty_like(image)
+    for w in range(windows):
+        gain = 1.0 + rng.uniform(-contrast, contrast)
+        offset = rng.uniform(-brightness, brightness) * 255.0
+        table = np.clip(np.rint((levels - 127.5) * gain + 127.5 + offset), 0, 255).astype(np.uint8)
+        out[..., w::windows] = table[image[..., w::windows]]
+    return out
+
+
+def erase_boxes(
+    image: np.ndarray, rng: np.random.Generator, *, holes: int, largest: float
+) -> np.ndarray:
+    """Set 1 to `holes` random rectangles (sides up to `largest` x the image) to 0, air,
+    on every channel (coarse dropout)."""
+    out = image.copy()
+    height, width = image.shape[:2]
+    for _ in range(int(rng.integers(1, holes + 1))):
+        h = max(1, int(rng.uniform(0.05, 1.0) * largest * height))
+        w = max(1, int(rng.uniform(0.05, 1.0) * largest * width))
+        top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        out[top : top + h, left : left + w] = 0
+    return out
 
 
 def is_identity(config: Augment) -> bool:
     """True when `config` can only return the image unchanged."""
     return (
         not config.flip
+        and not config.vflip
         and config.shift == 0
         and config.scale == 0
         and math.isclose(config.rotate, 0)
+        and tuple(config.crop_area) == (1.0, 1.0)
+        and tuple(config.crop_ratio) == (1.0, 1.0)
+        and config.erase == 0
+        and config.brightness == 0
+        and config.contrast == 0
     )

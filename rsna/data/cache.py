@@ -35,6 +35,7 @@ import contextlib
 import os
 import shutil
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +44,11 @@ import pandas as pd
 
 from rsna import files
 from rsna.data.codecs import Codec, CodecError, codec_for
+from rsna.data.crop import HEAD_HU
 from rsna.data.metadata import data_dir, read_metadata
 from rsna.data.records import RecordError, read_record, write_records
 from rsna.data.sources import ImageSource, ImageSpec
-from rsna.errors import RsnaError
+from rsna.errors import DataWarning, RsnaError
 from rsna.parallel import parallel_map
 
 __all__ = [
@@ -110,6 +112,8 @@ class CacheResult:
     shards_missing: int  # left to other parts; 0 when the store is complete
     unreadable: dict[str, str]
     bytes: int  # on disk, over the shards that exist
+    #: Readable slices that a head crop left at their full field of view (no head found).
+    full_view: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -164,13 +168,23 @@ def build_cache(
         _write_shard(root, k, [next(encoded) for _ in shards[k]], order.index[shards[k]])
     missing = sum(not _shard_done(root, k) for k in range(len(shards)))
     unreadable: dict[str, str] = {}
+    full_view: tuple[str, ...] = ()
     if missing == 0:
         index = _write_index(root, order[["series_uid", "slice_index"]], shards)
         unreadable = index.loc[~index["ok"], "reason"].to_dict()
-        files.write_json(root / SPEC_FILE, _spec_json(spec, codec, shard_size, len(shards), complete=True, images=len(order)))  # fmt: skip
+        full_view = tuple(index.index[index["ok"] & index["full_view"]])
+        files.write_json(root / SPEC_FILE, _spec_json(spec, codec, shard_size, len(shards), complete=True, images=len(order), full_view=len(full_view)))  # fmt: skip
+        if full_view:
+            warnings.warn(
+                f"{root}: {len(full_view)} of {len(order)} slices show no head (nothing above "
+                f"{HEAD_HU:g} HU) and keep their full field of view; they are listed in "
+                f"{INDEX_FILE} (column full_view)",
+                DataWarning,
+                stacklevel=2,
+            )
     size = sum(p.stat().st_size for p in root.glob("shard-*.tfrecord"))
     reused = len(mine) - len(todo)
-    return CacheResult(root, len(order), len(todo), reused, missing, unreadable, size)
+    return CacheResult(root, len(order), len(todo), reused, missing, unreadable, size, full_view)
 
 
 def _check_options(*, shard_size: int, num_shards: int, shard_index: int) -> None:
@@ -249,29 +263,32 @@ class _Encoder:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["spec"], state["codec"])
 
-    def __call__(self, job: tuple[str, bool, str]) -> tuple[bool, str, bytes]:
+    def __call__(self, job: tuple[str, bool, str]) -> tuple[bool, str, bytes, bool]:
+        """(ok, reason, encoded image, kept the full view although a head crop was asked)."""
         path, readable, reason = job
         if not readable:
-            return False, reason, b""
+            return False, reason, b"", False
         if self._preprocessor is None:
             self._preprocessor = self.spec.preprocessor()
         try:
-            return True, "", self.codec.encode(self._preprocessor(path))
+            blob = self.codec.encode(self._preprocessor(path))
         except RsnaError as exc:
-            return False, str(exc), b""
+            return False, str(exc), b"", False
+        return True, "", blob, self.spec.crop != "none" and self._preprocessor.last_box is None
 
 
 def _write_shard(root: Path, k: int, results: list, image_ids: pd.Index) -> None:
     """Write shard k's records to a temporary file, its status, then move it into place."""
     temp = root / f".shard-{k:05d}.partial.tfrecord"
     with open(temp, "wb") as fh:
-        placed = write_records(fh, [blob for _, _, blob in results])
+        placed = write_records(fh, [blob for _, _, blob, _ in results])
         fh.flush()
         os.fsync(fh.fileno())
     status = {
         "image_id": list(image_ids),
-        "ok": [ok for ok, _, _ in results],
-        "reason": [reason for _, reason, _ in results],
+        "ok": [ok for ok, _, _, _ in results],
+        "reason": [reason for _, reason, _, _ in results],
+        "full_view": [full for _, _, _, full in results],
         "offset": [offset for offset, _ in placed],
         "length": [length for _, length in placed],
     }
@@ -286,11 +303,12 @@ def _write_index(root: Path, slices: pd.DataFrame, shards: list[range]) -> pd.Da
         status = files.read_json(_status_path(root, k))
         if status["image_id"] != list(slices.index[rows]):
             raise CacheError(f"{_status_path(root, k)}: the shard holds other images than planned; rebuild with --force")  # fmt: skip
-        parts.append(pd.DataFrame({"shard": k, "row": range(len(rows)), **{c: status[c] for c in ("offset", "length", "ok", "reason")}}))  # fmt: skip
+        status.setdefault("full_view", [False] * len(rows))  # shards written before the crop
+        parts.append(pd.DataFrame({"shard": k, "row": range(len(rows)), **{c: status[c] for c in ("offset", "length", "ok", "reason", "full_view")}}))  # fmt: skip
     index = pd.concat(parts, ignore_index=True)
     index.index = slices.index
     index = pd.concat([index, slices], axis=1)
-    index = index.astype({"shard": "int32", "row": "int32", "offset": "int64", "length": "int32", "ok": "bool", "slice_index": "int64"})  # fmt: skip
+    index = index.astype({"shard": "int32", "row": "int32", "offset": "int64", "length": "int32", "ok": "bool", "full_view": "bool", "slice_index": "int64"})  # fmt: skip
     files.write_parquet(index, root / INDEX_FILE)
     return index
 

@@ -7,7 +7,7 @@
 Each gives ``read_into(image_id, out)``, ``readable(image_id)``, ``reason(image_id)``
 and ``slices`` (series and slice index per image, for context channels), so
 :class:`~rsna.training.generator.DataGenerator` takes any of them. An
-:class:`ImageSpec` says what the images are: size, windows and curve.
+:class:`ImageSpec` says what the images are: size, windows, curve and crop.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rsna.data.crop import Crop
 from rsna.data.labels import check_image_id
 from rsna.data.metadata import data_dir, read_metadata, scan_file
 from rsna.data.series import slice_order
@@ -41,11 +42,12 @@ class ImageSpec:
     size: int = 256
     windows: tuple[Window, ...] = DEFAULT_WINDOWS
     curve: Curve = "linear"
+    crop: Crop = "none"  # "head": cut to the head's square before resizing (rsna.data.crop)
 
     def __post_init__(self) -> None:
         """Check the options as :class:`~rsna.data.windowing.Preprocessor` would, before
         anything is written."""
-        Preprocessor(windows=self.windows, size=self.size, curve=self.curve, reuse_buffers=False)
+        self.preprocessor(reuse_buffers=False)
 
     @property
     def channels(self) -> int:
@@ -60,6 +62,7 @@ class ImageSpec:
         """A folder name that tells specs apart, e.g. ``256_brain-subdural-soft``."""
         names = "-".join(window_name(w).replace("/", "_") for w in self.windows)
         suffix = "" if self.curve == "linear" else f"_{self.curve}"
+        suffix += "" if self.crop == "none" else f"_{self.crop}"
         return f"{self.size}_{names}{suffix}"
 
     def to_json(self) -> dict:
@@ -67,19 +70,28 @@ class ImageSpec:
             "size": self.size,
             "windows": [{"center": w.center, "width": w.width} for w in self.windows],
             "curve": self.curve,
+            "crop": self.crop,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> ImageSpec:
         windows = tuple(Window(center=w["center"], width=w["width"]) for w in data["windows"])
-        return cls(size=int(data["size"]), windows=windows, curve=data["curve"])
+        # Stores written before the head crop existed hold full slices.
+        crop = data.get("crop", "none")
+        return cls(size=int(data["size"]), windows=windows, curve=data["curve"], crop=crop)
 
     def describe(self) -> str:
         names = ",".join(window_name(w) for w in self.windows)
-        return f"size={self.size}, windows={names}, curve={self.curve}"
+        return f"size={self.size}, windows={names}, curve={self.curve}, crop={self.crop}"
 
-    def preprocessor(self) -> Preprocessor:
-        return Preprocessor(windows=self.windows, size=self.size, curve=self.curve)
+    def preprocessor(self, *, reuse_buffers: bool = True) -> Preprocessor:
+        return Preprocessor(
+            windows=self.windows,
+            size=self.size,
+            curve=self.curve,
+            crop=self.crop,
+            reuse_buffers=reuse_buffers,
+        )
 
 
 class ImageSource:

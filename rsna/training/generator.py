@@ -48,10 +48,11 @@ import pandas as pd
 from rsna.config import Config
 from rsna.data.augment import Augment, augment
 from rsna.data.cache import ImageCache, built_cache
+from rsna.data.crop import Crop
 from rsna.data.labels import LABELS
 from rsna.data.series import Series, distort, epoch_order, neighbours, reversed_series
 from rsna.data.sources import DicomFolder, DicomImages, ImageSource, ImageSpec
-from rsna.data.windowing import DEFAULT_WINDOWS, Window
+from rsna.data.windowing import DEFAULT_WINDOWS, Curve, Window
 from rsna.errors import DataWarning, RsnaError
 
 __all__ = [
@@ -81,6 +82,7 @@ class DataGenerator(keras.utils.PyDataset):
             z), with a progress bar; nothing is written.
         size: image size.
         windows: the windows, one channel each (per context slice).
+        curve, crop: the window curve and head crop (:class:`rsna.data.sources.ImageSpec`).
         batch_size: samples per batch.
         context: adjacent slices on each side, stacked as channels.
         shuffle: a new order every epoch.
@@ -103,6 +105,8 @@ class DataGenerator(keras.utils.PyDataset):
         image_dir: str | os.PathLike[str] | None = None,
         size: int = 256,
         windows: Sequence[Window] = DEFAULT_WINDOWS,
+        curve: Curve = "linear",
+        crop: Crop = "none",
         batch_size: int = 32,
         context: int = 0,
         shuffle: bool = False,
@@ -124,7 +128,7 @@ class DataGenerator(keras.utils.PyDataset):
             raise GeneratorError(
                 f"`context` must be a non-negative integer. Received: context={context!r}"
             )
-        self.spec = ImageSpec(size=size, windows=tuple(windows))
+        self.spec = ImageSpec(size=size, windows=tuple(windows), curve=curve, crop=crop)
         self.images = _source(
             cache=cache, work_dir=work_dir, image_dir=image_dir, spec=self.spec, context=context
         )
@@ -169,6 +173,8 @@ class DataGenerator(keras.utils.PyDataset):
             **source,
             size=config.image.size,
             windows=config.image.windows,
+            curve=config.image.curve,
+            crop=config.image.crop,
             context=config.image.context,
             **options,
         )
@@ -237,7 +243,7 @@ class DataGenerator(keras.utils.PyDataset):
         for k, row in enumerate(rows):
             kept[k] = self._fill(x[k], int(row), decoded)
             if rng is not None and kept[k]:
-                x[k] = augment(x[k], rng, self.augment)
+                x[k] = augment(x[k], rng, self.augment, windows=self.spec.channels)
         if not kept.all():
             x, rows = x[kept], rows[kept]
         if self.hflip:

@@ -29,7 +29,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from rsna.backbones import BACKBONES
+from rsna.backbones import BACKBONES, Backbone
 from rsna.config import Config, ConfigError
 from rsna.data.labels import LABELS
 from rsna.errors import RsnaError
@@ -40,6 +40,7 @@ __all__ = [
     "ModelFileError",
     "build_model",
     "build_sequence_model",
+    "context_adapter",
     "dtype_policy",
     "load_model",
     "small_cnn",
@@ -121,28 +122,86 @@ def small_cnn(
 
 def _backbone(x: keras.KerasTensor, config: Config, channels: int) -> keras.KerasTensor:
     backbone = BACKBONES[config.model.backbone]
-    name, weights = backbone.name, config.model.weights
-    if weights is not None and channels != 3:
-        x = keras.layers.Conv2D(3, 1, name="channel_adapter")(x)
+    weights = config.model.weights
+    if weights is not None and channels != 3:  # pretrained stems take 3 channels
+        x = context_adapter(x, windows=len(config.image.windows), context=config.image.context)
         channels = 3
     x = _input_scaling(x, backbone.scaling, channels)
+    return _pretrained(backbone, weights, size=config.image.size, channels=channels)(x)
+
+
+def context_adapter(x: keras.KerasTensor, *, windows: int, context: int) -> keras.KerasTensor:
+    """A 1x1 convolution from ``windows * (2 context + 1)`` channels to 3 that starts as
+    the identity on the centre slice's windows (cycled when there are not 3), so training
+    starts exactly where the single-slice pretrained model would."""
+    channels = windows * (2 * context + 1)
+    kernel = np.zeros((1, 1, channels, 3), np.float32)
+    for k in range(3):
+        kernel[0, 0, context * windows + k % windows, k] = 1.0
+    return keras.layers.Conv2D(
+        3, 1, kernel_initializer=keras.initializers.Constant(kernel), name="channel_adapter"
+    )(x)
+
+
+def _pretrained(backbone: Backbone, weights, *, size: int, channels: int) -> keras.Model:
+    """The ``keras.applications`` backbone with the input layers its weights were trained
+    with, loaded from `weights` (a local file, "imagenet", or None for random)."""
     constructor = getattr(keras.applications, backbone.constructor)
+    build = dict(include_top=False, input_shape=(size, size, channels), pooling="avg")
     with warnings.catch_warnings():  # more than 3 channels is the point of context slices
         warnings.filterwarnings(
             "ignore", message="This model usually expects 1 or 3 input channels"
         )
         try:
-            backbone = constructor(
-                include_top=False,
-                weights=str(weights) if weights is not None else None,
-                input_shape=(config.image.size, config.image.size, channels),
-                pooling="avg",
-            )
+            if weights == "imagenet":
+                return _download_imagenet(constructor, backbone.name, **build)
+            net = constructor(weights=None, **build)
         except ValueError as exc:
             raise ConfigError(
-                f"`model.backbone`={name!r} cannot be built for this input: {exc}"
+                f"`model.backbone`={backbone.name!r} cannot be built for this input: {exc}"
             ) from exc
-    return backbone(x)
+    if weights is None:
+        return net
+    if backbone.imagenet_rescaling:
+        net = _with_imagenet_rescaling(net)
+    try:
+        net.load_weights(Path(weights))
+    except (ValueError, KeyError, OSError) as exc:
+        raise ConfigError(
+            f"{weights}: `model.weights` do not fit {backbone.name} without its top "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+    return net
+
+
+def _with_imagenet_rescaling(net: keras.Model) -> keras.Model:
+    """A copy of an EfficientNet B0-B7 with the rescaling Keras adds after its input
+    normalisation only for ``weights="imagenet"`` (keras/src/applications/efficientnet.py:
+    1/sqrt(std) per channel), so that ImageNet weights from a file see their own scale."""
+    scale = [1.0 / float(np.sqrt(s)) for s in _IMAGENET_STD]
+
+    def call(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        if isinstance(layer, keras.layers.Normalization):
+            out = keras.layers.Rescaling(scale, name=f"{layer.name}_imagenet_rescaling")(out)
+        return out
+
+    return keras.models.clone_model(net, call_function=call)
+
+
+def _download_imagenet(constructor, name: str, **build) -> keras.Model:
+    """The backbone with Keras's ImageNet weights, downloaded (needs the internet)."""
+    try:
+        return constructor(weights="imagenet", **build)
+    except Exception as exc:  # noqa: BLE001 - urllib, http and file errors all mean offline
+        if isinstance(exc, ValueError) and "input" in str(exc):
+            raise
+        raise ConfigError(
+            f"`model.weights`='imagenet' could not download the {name} weights "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Offline (Kaggle with the internet off), "
+            "attach the Keras weights file as a dataset and set `model.weights` to its path, "
+            'e.g. model.weights = "/kaggle/input/keras-weights/efficientnetb0_notop.h5"'
+        ) from exc
 
 
 def _input_scaling(x: keras.KerasTensor, family: str, channels: int) -> keras.KerasTensor:
@@ -191,11 +250,26 @@ def _series_branch(slices, mask, seq, *, suffix: str):
     )
 
 
+def _couple_to_any(correction, *, start: float):
+    """Add to each subtype's correction a learned multiple (from ``start``) of the `any`
+    correction: a bleed that the series rules out or confirms moves its subtypes with it."""
+    any_correction = correction[..., -1:]
+    shift = keras.layers.Dense(
+        len(LABELS) - 1,
+        use_bias=False,
+        kernel_initializer=keras.initializers.Constant(start),
+        name="any_coupling",
+    )(any_correction)
+    shift = keras.layers.Concatenate(name="coupled")([shift, keras.ops.zeros_like(any_correction)])
+    return keras.layers.Add(name="coupled_correction")([correction, shift])
+
+
 def build_sequence_model(config: Config, width: int) -> keras.Model:
     """Masked BiGRU over (steps, width) slice inputs; six sigmoids per slice.
 
     When the inputs include stage-1 logits, the output logits are those plus a learned
-    correction: the mean of ``sequence.bags`` networks' corrections.
+    correction: the mean of ``sequence.bags`` networks' corrections, and with
+    ``sequence.any_coupling`` a learned share of the `any` correction in each subtype's.
     """
     slices = keras.Input((None, width), name="slices")
     mask = keras.Input((None,), name="mask")
@@ -206,6 +280,8 @@ def build_sequence_model(config: Config, width: int) -> keras.Model:
         correction = keras.layers.Average(name="correction")(
             [_series_branch(slices, mask, seq, suffix=f"_{b}") for b in range(seq.bags)]
         )
+    if seq.any_coupling:
+        correction = _couple_to_any(correction, start=seq.any_coupling)
     if "logits" in config.sequence.inputs:
         # The first six inputs are the stage-1 logits; a frozen selection matrix passes them
         # through (a standard layer, so the model loads in safe mode; a Lambda would not).

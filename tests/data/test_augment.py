@@ -57,3 +57,83 @@ def test_interpolation_is_checked_and_reaches_the_warp():
     ]
     assert set(np.unique(seeded[0])) <= set(np.unique(image)) | {0}
     assert not np.array_equal(seeded[0], seeded[1])
+
+
+STILL = Augment(flip=False, shift=0, scale=0, rotate=0)
+
+
+def test_vertical_flip_is_a_closed_form_and_off_by_default():
+    image = np.zeros((9, 9, 1), np.uint8)
+    image[1, 4] = 7
+    drawn = [
+        augment(image, np.random.default_rng(s), replace(STILL, vflip=True)) for s in range(20)
+    ]
+    flipped = [d[7, 4, 0] == 7 and d.sum() == 7 for d in drawn]
+    assert all(f or np.array_equal(d, image) for f, d in zip(flipped, drawn, strict=True))
+    assert 3 <= sum(flipped) <= 17
+    assert not Augment().vflip
+
+
+def test_a_random_resized_crop_maps_its_box_onto_the_whole_image():
+    size = 64
+    config = replace(STILL, crop_area=(0.25, 0.25), crop_ratio=(1.0, 1.0))
+    matrix = random_affine(np.random.default_rng(3), size=size, config=config)
+    # A quarter of the area, square: a 32x32 box zoomed 2x, wholly inside the image.
+    np.testing.assert_allclose(matrix[:, :2], 2 * np.eye(2), atol=1e-6)
+    left, top = -matrix[0, 2] / 2, -matrix[1, 2] / 2
+    assert 0 <= left <= size - 32 and 0 <= top <= size - 32
+    ramp = np.tile(np.arange(size, dtype=np.uint8)[None, :, None], (size, 1, 1))
+    out = augment(ramp, np.random.default_rng(3), config)
+    # Nearest sampling of a 2x zoom: the box's 32 source columns (33 when its edge falls
+    # between pixels), each about twice, in order.
+    columns = out[0, :, 0].astype(int)
+    assert 32 <= np.unique(columns).size <= 33 and (np.diff(columns) >= 0).all()
+    assert abs(columns[0] - left) <= 1 and abs(columns[-1] - (left + 31)) <= 1
+    with pytest.raises(AugmentError, match="`crop_area` must be two numbers"):
+        Augment(crop_area=(0.0, 1.0))
+    with pytest.raises(AugmentError, match="`crop_ratio` must be two numbers"):
+        Augment(crop_ratio=(2.0, 1.0))
+
+
+def test_level_jitter_is_one_table_per_window_shared_by_context_slices():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (8, 8, 6), dtype=np.uint8)  # 3 windows x 2 slices
+    out = augment(
+        image, np.random.default_rng(1), replace(STILL, brightness=0.2, contrast=0.3), windows=3
+    )
+    for w in range(3):
+        # The same level maps to the same output in both slices of a window.
+        mapping = {}
+        for c in (w, w + 3):
+            for a, b in zip(image[..., c].ravel(), out[..., c].ravel(), strict=True):
+                assert mapping.setdefault(int(a), int(b)) == int(b)
+    assert not np.array_equal(out, image)
+    only_brightness = augment(
+        np.full((4, 4, 1), 100, np.uint8), np.random.default_rng(2), replace(STILL, brightness=0.1)
+    )
+    shift = int(only_brightness[0, 0, 0]) - 100
+    assert only_brightness.std() == 0 and 0 < abs(shift) <= 26
+
+
+def test_erasing_sets_rectangles_to_air_on_every_channel():
+    image = np.full((32, 32, 3), 200, np.uint8)
+    config = replace(STILL, erase=1.0, erase_holes=3, erase_size=0.25)
+    out = augment(image, np.random.default_rng(4), config)
+    erased = out[..., 0] == 0
+    assert erased.any() and (out[erased] == 0).all() and (out[~erased] == 200).all()
+    assert erased.sum() <= 3 * 8 * 8  # at most 3 holes of at most 8x8
+    assert np.array_equal(
+        augment(image, np.random.default_rng(4), replace(config, erase=0.0)), image
+    )
+
+
+def test_options_that_are_off_draw_nothing_so_old_seeds_give_old_images():
+    image = np.random.default_rng(6).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    base = Augment()  # the demo's kind of warp
+    explicit_off = replace(base, vflip=False, crop_area=(1.0, 1.0), erase=0.0, brightness=0.0)
+    for seed in range(5):
+        rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+        np.testing.assert_array_equal(
+            augment(image, rng_a, base), augment(image, rng_b, explicit_off)
+        )
+        assert rng_a.random() == rng_b.random()  # the same number of draws

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 
+import h5py
 import keras
+import keras.src.applications.efficientnet as efficientnet
 import numpy as np
 import pytest
+from keras.src.legacy.saving import legacy_h5_format
 
 from rsna.config import ConfigError, config_from_dict
-from rsna.training.models import build_model, load_model
+from rsna.training.models import build_model, context_adapter, load_model
 
 
 def config(*, size: int = 32, **model):
@@ -59,6 +63,100 @@ def test_keras_applications_backbone_with_a_local_weights_file(tmp_path):
     scratch = build_model(config(backbone="MobileNetV2"))
     with pytest.raises(ValueError):
         scratch.get_layer("channel_adapter")  # no weights file: the backbone takes 9 channels
+
+
+def _imagenet_like_file(tmp_path, *, legacy: bool) -> tuple[keras.Model, str]:
+    """A random EfficientNetB0 whose input normalisation holds ImageNet's statistics,
+    saved as Keras's own ``*_notop.h5`` (legacy) or as ``.weights.h5``."""
+    net = keras.applications.EfficientNetB0(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    norm = next(layer for layer in net.layers if isinstance(layer, keras.layers.Normalization))
+    count = norm.get_weights()[2]
+    norm.set_weights([np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]) ** 2, count])
+    if legacy:
+        path = tmp_path / "efficientnetb0_notop.h5"
+        with h5py.File(path, "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, net)
+    else:
+        path = tmp_path / "efficientnetb0.weights.h5"
+        net.save_weights(path)
+    return net, str(path)
+
+
+def _layer_graph(model: keras.Model) -> list:
+    """Each layer's class and config without its name, in order."""
+    graph = []
+    for layer in model.layers:
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        graph.append((type(layer).__name__, repr(config)))
+    return graph
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_efficientnet_weights_from_a_file_get_the_imagenet_input_pipeline(tmp_path, legacy):
+    _, path = _imagenet_like_file(tmp_path, legacy=legacy)
+    # What Keras builds for weights="imagenet", with the download answered by the file.
+    with mock.patch.object(efficientnet.file_utils, "get_file", return_value=path):
+        reference = keras.applications.EfficientNetB0(
+            include_top=False, weights="imagenet", input_shape=(32, 32, 3), pooling="avg"
+        )
+    model = build_model(config(backbone="EfficientNetB0", weights=path))
+    inner = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    assert _layer_graph(inner) == _layer_graph(reference)
+    x = np.random.default_rng(2).integers(0, 255, (2, 32, 32, 3)).astype("float32")
+    stem = keras.Model(inner.input, inner.get_layer("stem_conv").output)
+    reference_stem = keras.Model(reference.input, reference.get_layer("stem_conv").output)
+    np.testing.assert_array_equal(stem.predict(x, verbose=0), reference_stem.predict(x, verbose=0))
+    # Without the extra rescaling the stem would see inputs about 2x off (1/sqrt(std)).
+    plain = keras.applications.EfficientNetB0(
+        include_top=False, weights=path, input_shape=(32, 32, 3), pooling="avg"
+    )
+    plain_stem = keras.Model(plain.input, plain.get_layer("stem_conv").output).predict(x, verbose=0)
+    ratio = np.abs(reference_stem.predict(x, verbose=0)).mean() / np.abs(plain_stem).mean()
+    assert 2.0 < ratio < 2.2
+
+
+def test_weights_saved_and_loaded_into_a_fresh_build_predict_the_same(tmp_path):
+    def single(**model):
+        one = config(backbone="DenseNet121", **model)
+        return dataclasses.replace(one, image=dataclasses.replace(one.image, context=0))
+
+    def features(model: keras.Model, x: np.ndarray) -> np.ndarray:
+        return keras.Model(model.input, model.get_layer("features").output).predict(x, verbose=0)
+
+    first = build_model(single())
+    inner = next(layer for layer in first.layers if isinstance(layer, keras.Model))
+    path = str(tmp_path / "densenet.weights.h5")
+    inner.save_weights(path)
+    x = np.random.default_rng(3).integers(0, 255, (2, 32, 32, 9), dtype=np.uint8)
+    centre = x[..., 3:6]
+    np.testing.assert_array_equal(
+        features(build_model(single(weights=path)), centre), features(first, centre)
+    )
+    # With context the adapter passes the centre slice's windows: the same features.
+    context = build_model(config(backbone="DenseNet121", weights=path))
+    np.testing.assert_allclose(features(context, x), features(first, centre), rtol=1e-5, atol=1e-6)
+
+
+def test_the_context_adapter_starts_as_the_centre_slices_windows():
+    x = keras.Input((4, 4, 9))
+    adapter = keras.Model(x, context_adapter(x, windows=3, context=1))
+    image = np.random.default_rng(4).random((1, 4, 4, 9)).astype("float32")
+    np.testing.assert_array_equal(adapter.predict(image, verbose=0), image[..., 3:6])
+    x = keras.Input((4, 4, 5))  # one window, two slices each side: grey copied to RGB
+    adapter = keras.Model(x, context_adapter(x, windows=1, context=2))
+    image = np.random.default_rng(5).random((1, 4, 4, 5)).astype("float32")
+    np.testing.assert_array_equal(adapter.predict(image, verbose=0), image[..., [2, 2, 2]])
+
+
+def test_imagenet_offline_names_the_local_file_route(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")  # what Keras raises offline
+
+    monkeypatch.setattr(efficientnet.file_utils, "get_file", offline)
+    with pytest.raises(ConfigError, match="set `model.weights` to its path"):
+        build_model(config(backbone="EfficientNetB0", weights="imagenet"))
 
 
 def test_an_unbuildable_backbone_is_a_config_error():

@@ -109,13 +109,15 @@ def test_series_are_in_z_order_and_predictions_come_back_by_image(stage1, tiny_w
     )
 
 
-@pytest.mark.parametrize("conv, bags", [(0, 1), (5, 1), (3, 3)])
-def test_padded_steps_do_not_change_the_real_steps(stage1, conv, bags, tmp_path):
-    config = replace(stage1, sequence=replace(stage1.sequence, conv=conv, bags=bags))
+@pytest.mark.parametrize("conv, bags, coupling", [(0, 1, 0.0), (5, 1, 0.0), (3, 3, 0.5)])
+def test_padded_steps_do_not_change_the_real_steps(stage1, conv, bags, coupling, tmp_path):
+    sequence = replace(stage1.sequence, conv=conv, bags=bags, any_coupling=coupling)
+    config = replace(stage1, sequence=sequence)
     model = build_sequence_model(config, width=18)
     names = [layer.name for layer in model.layers]
     assert sum(n.startswith("conv") for n in names) == (bags if conv else 0)
     assert sum(n.startswith("bigru") for n in names) == bags
+    assert ("any_coupling" in names) == bool(coupling)
     rng = np.random.default_rng(0)
     series = rng.normal(size=(1, 5, 18)).astype("float32")
     start = model.predict({"slices": series, "mask": np.ones((1, 5), "float32")}, verbose=0)
@@ -133,6 +135,23 @@ def test_padded_steps_do_not_change_the_real_steps(stage1, conv, bags, tmp_path)
     model.save(tmp_path / "m.keras")  # and it loads in safe mode, giving the same outputs
     again = load_model(tmp_path / "m.keras").predict({"slices": padded, "mask": mask}, verbose=0)
     np.testing.assert_allclose(again, out, rtol=1e-6, atol=1e-7)
+
+
+def test_any_coupling_moves_each_subtype_by_a_share_of_the_any_correction(stage1):
+    config = replace(stage1, sequence=replace(stage1.sequence, any_coupling=0.5))
+    model = build_sequence_model(config, width=18)
+    correction = model.get_layer("correction")
+    kernel, bias = correction.get_weights()
+    bias[:] = [0.1, 0.2, 0.3, 0.4, 0.5, -2.0]  # corrections of each label; `any` is -2
+    correction.set_weights([kernel, bias])
+    series = np.random.default_rng(1).normal(size=(1, 4, 18)).astype("float32")
+    p = model.predict({"slices": series, "mask": np.ones((1, 4), "float32")}, verbose=0)
+    logits = np.log(p / (1 - p))
+    shift = logits - series[..., :6]
+    # Subtypes: their own correction plus half of any's (-1); any: its own (-2).
+    np.testing.assert_allclose(
+        shift[0], np.tile([-0.9, -0.8, -0.7, -0.6, -0.5, -2.0], (4, 1)), atol=1e-4
+    )
 
 
 def test_stage2_resumes_and_the_pipeline_writes_a_valid_submission(
