@@ -9,7 +9,8 @@ examples)::
     [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
                patience, label_weights, augment, seed, deterministic,
                workers
-    [augment]  flip, shift, scale, rotate, interpolation
+    [augment]  flip, shift, scale, rotate, interpolation, vflip, crop_area, crop_ratio, erase,
+               erase_holes, erase_size, brightness, contrast
     [predict]  tta, ensemble, clip, batch_size
     [sequence] inputs, units, dropout, conv, bags, epochs, batch_size, learning_rate, patience, tta_reverse, jitter, position,
                any_coupling

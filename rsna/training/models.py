@@ -7,9 +7,11 @@ then gets the input scaling its pretrained weights expect (the table's ``scaling
 built from standard layers (Rescaling, Normalization) so models load with
 ``safe_mode=True``.
 
-Weights are never downloaded: ``model.weights`` is None (random init) or a local file.
-A weights file expects 3 input channels; with more (context slices), a learned 1x1
-convolution maps them to 3 first.
+``model.weights`` is None (random init), a local Keras weights file of the backbone
+without its top, or "imagenet" (downloaded; only when asked). Each backbone gets the
+input layers its weights were trained with, EfficientNet's imagenet-only rescaling
+included. Pretrained stems take 3 channels; with more (context slices), a 1x1
+convolution that starts as the centre slice's windows maps them to 3 first.
 
 Layers named for later stages: ``features`` (the pooled embedding), ``logits`` and
 ``probabilities`` (float32 even under mixed precision).
