@@ -13,7 +13,9 @@ Scalings, from x in [0, 1] (the model divides the uint8 input by 255 first):
 * ``tf``: 2 x - 1, the [-1, 1] of ResNetV2, Inception, Xception and MobileNet;
 * ``torch``: (x - ImageNet mean) / ImageNet std, for DenseNet;
 * ``caffe``: 255 x - 255 ImageNet mean, for ResNet (the channels are CT windows, not
-  colours, so there is no channel flip).
+  colours, so there is no channel flip);
+* ``preset``: the scale and offset of a keras-hub preset's image converter, applied to
+  255 x (the ``keras_hub`` row: the architecture and weights come from the preset).
 
 Each family's scaling follows its ``keras.applications`` ``preprocess_input``.
 """
@@ -25,9 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["BACKBONES", "Backbone", "Scaling", "closest_backbone"]
+__all__ = ["BACKBONES", "HUB", "Backbone", "Scaling", "closest_backbone"]
 
-Scaling = Literal["unit", "raw", "tf", "torch", "caffe"]
+#: The backbone name whose architecture, weights and input scaling come from a keras-hub
+#: preset folder given as ``model.weights``.
+HUB = "keras_hub"
+
+Scaling = Literal["unit", "raw", "tf", "torch", "caffe", "preset"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ def _table(*rows: Backbone) -> Mapping[str, Backbone]:
 #: (EfficientNet, DenseNet, ResNet/ResNeXt-like, Inception, Xception) and more.
 BACKBONES: Mapping[str, Backbone] = _table(
     Backbone("small_cnn", "", "unit"),
+    Backbone(HUB, "", "preset"),
     *(
         Backbone(f"EfficientNetB{i}", f"EfficientNetB{i}", "raw", imagenet_rescaling=True)
         for i in range(8)

@@ -13,7 +13,7 @@ examples)::
                erase_holes, erase_size, brightness, contrast
     [predict]  tta, ensemble, clip, batch_size
     [sequence] inputs, units, dropout, conv, bags, epochs, batch_size, learning_rate, patience, tta_reverse, jitter, position,
-               any_coupling
+               any_coupling, subtype_l2
 
 Each TOML value is converted by the declared type of its field (``int``, ``float``,
 ``bool``, ``str``, a ``Literal`` of choices, ``Path``, ``Path | None``, a tuple of any of
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rsna import files, runs
-from rsna.backbones import BACKBONES, closest_backbone
+from rsna.backbones import BACKBONES, HUB, closest_backbone
 from rsna.data.augment import Augment
 from rsna.data.codecs import DEFAULT_QUALITY, Codec, Compression, codec_for
 from rsna.data.crop import Crop
@@ -85,6 +85,10 @@ MAX_CONTEXT = 8
 MAX_EPOCHS = 10_000
 
 
+#: The file that marks a folder as a keras-hub preset.
+PRESET_CONFIG = "config.json"
+
+
 class ConfigError(RsnaError):
     """A config file has an unknown key or a bad value."""
 
@@ -116,7 +120,8 @@ class ImageConfig:
 class ModelConfig:
     backbone: str = "EfficientNetB0"  # a name of rsna.backbones.BACKBONES
     #: A local Keras weights file of the backbone without its top (``*_notop.h5`` or
-    #: ``.weights.h5``), "imagenet" to download Keras's (needs the internet), or None.
+    #: ``.weights.h5``), "imagenet" to download Keras's (needs the internet), None, or
+    #: for ``backbone = "keras_hub"`` a keras-hub preset folder.
     weights: Literal["imagenet"] | Path | None = None
     dropout: float = 0.2
     mixed_precision: bool = False
@@ -167,6 +172,8 @@ class SequenceConfig:
     #: Each subtype's correction also gets a learned multiple of the `any` correction,
     #: starting here (0 for none); see rsna.training.models.build_sequence_model.
     any_coupling: float = 0.0
+    #: L2 penalty on the subtypes' columns of the correction layer (not `any`'s); 0 for none.
+    subtype_l2: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -408,16 +415,34 @@ def _validate(config: Config, source: str) -> None:
         (0 <= config.sequence.conv <= 15, "sequence.conv", config.sequence.conv, "must be in [0, 15]"),
         (1 <= config.sequence.bags <= 16, "sequence.bags", config.sequence.bags, "must be in [1, 16]"),
         (0.0 <= config.sequence.any_coupling <= 2.0, "sequence.any_coupling", config.sequence.any_coupling, "must be in [0, 2]"),
+        (0.0 <= config.sequence.subtype_l2 <= 1.0, "sequence.subtype_l2", config.sequence.subtype_l2, "must be in [0, 1]"),
     ]  # fmt: skip
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{source}: `{key}` {rule}. Received: {key.split('.')[-1]}={value!r}")
-    weights = config.model.weights
-    if isinstance(weights, Path) and not weights.is_file():
+    _validate_weights(config.model, source)
+
+
+def _validate_weights(model: ModelConfig, source: str) -> None:
+    """A weights file, "imagenet", or (for the keras_hub backbone) a preset folder."""
+    weights, hub = model.weights, model.backbone == HUB
+    preset = isinstance(weights, Path) and (weights / PRESET_CONFIG).is_file()
+    if hub and not preset:
+        raise ConfigError(
+            f"{source}: `model.backbone`={HUB!r} takes its architecture from a keras-hub preset: "
+            f"set `model.weights` to the preset's folder (it holds {PRESET_CONFIG}). "
+            f"Received: weights={'' if weights is None else str(weights)!r}"
+        )
+    if preset and not hub:
+        raise ConfigError(
+            f"{source}: `model.weights` is a keras-hub preset folder ({weights}); set "
+            f'`model.backbone = "{HUB}"` to use it. Received: backbone={model.backbone!r}'
+        )
+    if isinstance(weights, Path) and not preset and not weights.is_file():
         raise ConfigError(
             f"{source}: `model.weights` file not found: {weights}. Attach the Keras weights "
-            'file (e.g. efficientnetb0_notop.h5) and give its path, or set "imagenet" to '
-            "download them (needs the internet)"
+            'file (e.g. efficientnetb0_notop.h5) and give its path, give a keras-hub preset '
+            'folder, or set "imagenet" to download them (needs the internet)'
         )
 
 

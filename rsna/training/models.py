@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from rsna.backbones import BACKBONES, Backbone
+from rsna.backbones import BACKBONES, HUB, Backbone
 from rsna.config import Config, ConfigError
 from rsna.data.labels import LABELS
 from rsna.errors import RsnaError
@@ -40,6 +41,7 @@ from rsna.metrics import PRIOR_EPS, logit
 __all__ = [
     "BN_MOMENTUM",
     "ModelFileError",
+    "SubtypeL2",
     "build_model",
     "build_sequence_model",
     "context_adapter",
@@ -81,10 +83,10 @@ def build_model(config: Config, *, prior: np.ndarray | None = None) -> keras.Mod
     policy = "mixed_float16" if config.model.mixed_precision else "float32"
     with dtype_policy(policy):
         x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
-        if BACKBONES[config.model.backbone].constructor:
-            features = _backbone(x, config, channels)
-        else:
+        if config.model.backbone == "small_cnn":
             features = small_cnn(x)
+        else:
+            features = _backbone(x, config, channels)
         features = keras.layers.Activation("linear", dtype="float32", name="features")(features)
     x = keras.layers.Dropout(config.model.dropout, name="dropout")(features)
     bias = "zeros" if prior is None else keras.initializers.Constant(logit(prior, eps=PRIOR_EPS))
@@ -128,6 +130,8 @@ def _backbone(x: keras.KerasTensor, config: Config, channels: int) -> keras.Kera
     if weights is not None and channels != 3:  # pretrained stems take 3 channels
         x = context_adapter(x, windows=len(config.image.windows), context=config.image.context)
         channels = 3
+    if backbone.scaling == "preset":
+        return _preset_backbone(x, Path(weights), size=config.image.size)
     x = _input_scaling(x, backbone.scaling, channels)
     return _pretrained(backbone, weights, size=config.image.size, channels=channels)(x)
 
@@ -174,6 +178,41 @@ def _pretrained(backbone: Backbone, weights, *, size: int, channels: int) -> ker
             f"({type(exc).__name__}: {str(exc)[:200]})"
         ) from exc
     return net
+
+
+def _preset_backbone(x: keras.KerasTensor, preset: Path, *, size: int) -> keras.KerasTensor:
+    """A keras-hub preset folder's backbone with its weights, fed through its image
+    converter's scale and offset (applied to 0-255), average-pooled to features."""
+    keras_hub = _import_keras_hub()
+    try:
+        converter = keras_hub.layers.ImageConverter.from_preset(str(preset))
+        net = keras_hub.models.Backbone.from_preset(str(preset), image_shape=(size, size, 3))
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise ConfigError(
+            f"{preset}: `model.weights` is not a keras-hub image preset with an image "
+            f"converter ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+    scale = 1.0 if converter.scale is None else converter.scale
+    offset = 0.0 if converter.offset is None else converter.offset
+    x = keras.layers.Rescaling(
+        scale=(255.0 * np.asarray(scale, np.float64)).tolist(),
+        offset=np.asarray(offset, np.float64).tolist(),
+        name="preset_scaling",
+    )(x)
+    features = net(x)
+    if len(features.shape) == 4:
+        features = keras.layers.GlobalAveragePooling2D(name="preset_pool")(features)
+    return features
+
+
+def _import_keras_hub():
+    try:
+        import keras_hub
+    except ImportError as exc:
+        raise ConfigError(
+            f"`model.backbone`={HUB!r} needs keras-hub: pip install 'rsna[hub]'"
+        ) from exc
+    return keras_hub
 
 
 def _with_imagenet_rescaling(net: keras.Model) -> keras.Model:
@@ -247,9 +286,13 @@ def _series_branch(slices, mask, seq, *, suffix: str):
     else:
         x = branches[0]
     x = keras.layers.Dropout(seq.dropout)(x)
-    return keras.layers.Dense(len(LABELS), kernel_initializer="zeros", name=f"correction{suffix}")(
-        x
-    )
+    penalty = SubtypeL2(seq.subtype_l2) if seq.subtype_l2 else None
+    return keras.layers.Dense(
+        len(LABELS),
+        kernel_initializer="zeros",
+        kernel_regularizer=penalty,
+        name=f"correction{suffix}",
+    )(x)
 
 
 def _couple_to_any(correction, *, start: float):
@@ -264,6 +307,21 @@ def _couple_to_any(correction, *, start: float):
     )(any_correction)
     shift = keras.layers.Concatenate(name="coupled")([shift, keras.ops.zeros_like(any_correction)])
     return keras.layers.Add(name="coupled_correction")([correction, shift])
+
+
+@keras.saving.register_keras_serializable(package="rsna")
+class SubtypeL2(keras.regularizers.Regularizer):
+    """L2 on the five subtype columns of a (units, 6) correction kernel; the `any` column
+    (the last, as in :data:`rsna.data.labels.LABELS`) is left free."""
+
+    def __init__(self, strength: float) -> None:
+        self.strength = float(strength)
+
+    def __call__(self, kernel):
+        return self.strength * keras.ops.sum(keras.ops.square(kernel[:, :-1]))
+
+    def get_config(self) -> dict:
+        return {"strength": self.strength}
 
 
 def build_sequence_model(config: Config, width: int) -> keras.Model:
@@ -303,6 +361,15 @@ def build_sequence_model(config: Config, width: int) -> keras.Model:
     return keras.Model({"slices": slices, "mask": mask}, outputs, name="rsna_sequence")
 
 
+def _uses_keras_hub(path: Path) -> bool:
+    """Whether a .keras archive's config names keras-hub classes (False if unreadable)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return b"keras_hub" in archive.read("config.json")
+    except (zipfile.BadZipFile, KeyError, OSError):
+        return False
+
+
 class ModelFileError(RsnaError):
     """A saved model cannot be loaded: missing, truncated, tampered with, or unsafe."""
 
@@ -315,6 +382,8 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
             with, or holds code (a Lambda layer) that safe mode refuses.
     """
     path = Path(path)
+    if _uses_keras_hub(path):
+        _import_keras_hub()  # registers keras-hub's classes for deserialisation
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive

@@ -178,3 +178,55 @@ def test_saved_model_loads_in_safe_mode(tmp_path):
     np.testing.assert_allclose(
         load_model(path).predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5
     )
+
+
+@pytest.fixture(scope="module")
+def hub_preset(tmp_path_factory):
+    """A small keras-hub ResNet saved as a preset folder with an ImageNet image converter,
+    as Kaggle Models attach them; nothing is downloaded."""
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 16],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+        use_pre_activation=False,
+        image_shape=(None, None, 3),
+    )
+    std, mean = np.array([0.229, 0.224, 0.225]), np.array([0.485, 0.456, 0.406])
+    converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(32, 32), scale=(1 / (255 * std)).tolist(), offset=(-mean / std).tolist()
+    )
+    folder = tmp_path_factory.mktemp("hub") / "resnet_tiny"
+    backbone.save_to_preset(str(folder))
+    converter.save_to_preset(str(folder))
+    return folder, backbone, mean, std
+
+
+def test_a_keras_hub_preset_gets_its_converters_scaling_and_its_weights(hub_preset, tmp_path):
+    folder, backbone, mean, std = hub_preset
+    model = build_model(config(backbone="keras_hub", weights=str(folder)))
+    x = np.random.default_rng(6).integers(0, 255, (2, 32, 32, 9), dtype=np.uint8)
+    features = keras.Model(model.input, model.get_layer("features").output).predict(x, verbose=0)
+    # By hand: the centre slice's windows (the adapter's start), ImageNet-normalised.
+    centre = (x[..., 3:6].astype("float64") / 255.0 - mean) / std
+    expected = backbone.predict(centre.astype("float32"), verbose=0).mean(axis=(1, 2))
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+    model.save(tmp_path / "m.keras")  # loads back in safe mode, keras-hub classes and all
+    np.testing.assert_allclose(
+        load_model(tmp_path / "m.keras").predict(x, verbose=0),
+        model.predict(x, verbose=0),
+        rtol=1e-6,
+    )
+
+
+def test_a_preset_folder_and_the_keras_hub_backbone_go_together(hub_preset, tmp_path):
+    folder = hub_preset[0]
+    with pytest.raises(ConfigError, match="`model.backbone`='keras_hub' takes its architecture"):
+        config(backbone="keras_hub")
+    with pytest.raises(ConfigError, match='set `model.backbone = "keras_hub"` to use it'):
+        config(backbone="EfficientNetB0", weights=str(folder))
+    with pytest.raises(ConfigError, match="it holds config.json\\). Received: weights='/"):
+        config(backbone="keras_hub", weights=str(tmp_path))  # a folder that is no preset

@@ -24,7 +24,7 @@ from rsna.runs import EMBED_OOF, EMBED_TEST
 from rsna.submission import validate_submission
 from rsna.training.embed import embed_folds, embed_images
 from rsna.training.generator import DataGenerator, SeriesGenerator
-from rsna.training.models import build_sequence_model, load_model
+from rsna.training.models import SubtypeL2, build_sequence_model, load_model
 from rsna.training.runner import train as train_folds
 from rsna.training.stage2 import predict_frame
 from rsna.training.stage2 import predict_test as predict_sequence_test
@@ -135,6 +135,18 @@ def test_padded_steps_do_not_change_the_real_steps(stage1, conv, bags, coupling,
     model.save(tmp_path / "m.keras")  # and it loads in safe mode, giving the same outputs
     again = load_model(tmp_path / "m.keras").predict({"slices": padded, "mask": mask}, verbose=0)
     np.testing.assert_allclose(again, out, rtol=1e-6, atol=1e-7)
+
+
+def test_the_subtype_penalty_spares_any_and_survives_safe_mode(stage1, tmp_path):
+    kernel = np.arange(12, dtype="float32").reshape(2, 6)
+    # 0.5 x the squares of the five subtype columns: 0+1+4+9+16 + 36+49+64+81+100.
+    assert float(SubtypeL2(0.5)(kernel)) == 0.5 * 360
+    config = replace(stage1, sequence=replace(stage1.sequence, subtype_l2=0.01))
+    model = build_sequence_model(config, width=18)
+    assert isinstance(model.get_layer("correction").kernel_regularizer, SubtypeL2)
+    model.save(tmp_path / "m.keras")
+    again = load_model(tmp_path / "m.keras").get_layer("correction").kernel_regularizer
+    assert isinstance(again, SubtypeL2) and again.strength == 0.01
 
 
 def test_any_coupling_moves_each_subtype_by_a_share_of_the_any_correction(stage1):
