@@ -5,10 +5,10 @@ examples)::
 
     [data]     work_dir, out_dir, cache, compression, quality
     [image]    size, windows, context, curve, crop
-    [model]    backbone, weights, dropout, mixed_precision
+    [model]    backbone, weights, dropout, precision (mixed_precision: deprecated)
     [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
                patience, label_weights, augment, seed, deterministic,
-               workers
+               workers, jit_compile, scale_learning_rate
     [augment]  flip, shift, scale, rotate, interpolation, vflip, crop_area, crop_ratio, erase,
                erase_holes, erase_size, brightness, contrast
     [predict]  tta, ensemble, clip, batch_size
@@ -32,6 +32,7 @@ import os
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -77,6 +78,7 @@ Schedule = Literal["cosine", "constant"]
 Ensemble = Literal["mean", "logit_mean"]
 View = Literal["none", "hflip"]
 SequenceInput = Literal["logits", "features"]
+Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 
 
 #: Most context slices on each side: 8 gives 17 slices, more than any RSNA solution used.
@@ -124,6 +126,10 @@ class ModelConfig:
     #: for ``backbone = "keras_hub"`` a keras-hub preset folder.
     weights: Literal["imagenet"] | Path | None = None
     dropout: float = 0.2
+    #: The Keras dtype policy of the backbone; "auto" picks by the devices
+    #: (rsna.training.precision.precision_for). The head is float32 in every mode.
+    precision: Precision = "auto"
+    #: Deprecated: true means precision = "mixed_float16" (with a warning).
     mixed_precision: bool = False
 
 
@@ -143,6 +149,18 @@ class TrainConfig:
     #: and seed give the same bits on the same machine, at some speed on GPUs.
     deterministic: bool = False
     workers: int = 1
+    #: XLA compilation, passed to Keras's compile(jit_compile=...): "auto", true or false.
+    jit_compile: Literal["auto"] | bool = "auto"
+    #: The global batch size `learning_rate` was tuned for; when set (not 0), the rate is
+    #: scaled linearly to `batch_size` (Goyal et al. 2017; the warm-up is the schedule's).
+    scale_learning_rate: int = 0
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """`learning_rate`, scaled to the global batch when `scale_learning_rate` is set."""
+        if not self.scale_learning_rate:
+            return self.learning_rate
+        return self.learning_rate * self.batch_size / self.scale_learning_rate
 
 
 @dataclass(frozen=True)
@@ -294,8 +312,30 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> Confi
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{source}: `name` must be a non-empty string. Received: {name!r}")
-    config = Config(name=name, **sections)
+    config = _migrate(Config(name=name, **sections), source)
     _validate(config, source)
+    return config
+
+
+def _migrate(config: Config, source: str) -> Config:
+    """Old keys in their new form, each with a deprecation warning."""
+    if config.model.mixed_precision:
+        warnings.warn(
+            f'{source}: `model.mixed_precision` is deprecated; use `model.precision = "mixed_float16"` '
+            '(or "auto", which picks bfloat16 on TPUs and recent GPUs). Read as '
+            f'precision="mixed_float16"'
+            + (
+                ""
+                if config.model.precision == "auto"
+                else f", but precision={config.model.precision!r} is set and wins"
+            ),
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        precision = "mixed_float16" if config.model.precision == "auto" else config.model.precision
+        config = replace(
+            config, model=replace(config.model, precision=precision, mixed_precision=False)
+        )
     return config
 
 
@@ -403,6 +443,7 @@ def _validate(config: Config, source: str) -> None:
         (len(config.train.label_weights) == len(LABELS) and all(w > 0 for w in config.train.label_weights),
          "train.label_weights", config.train.label_weights, f"must be {len(LABELS)} positive numbers in the order {LABELS}"),
         (config.train.workers >= 1, "train.workers", config.train.workers, "must be positive"),
+        (config.train.scale_learning_rate >= 0, "train.scale_learning_rate", config.train.scale_learning_rate, "must be 0 (off) or a batch size"),
         (0.0 < config.predict.clip < 0.5, "predict.clip", config.predict.clip, "must be in (0, 0.5)"),
         (config.predict.batch_size >= 1, "predict.batch_size", config.predict.batch_size, "must be positive"),
         (config.sequence.units >= 1, "sequence.units", config.sequence.units, "must be positive"),
@@ -441,7 +482,7 @@ def _validate_weights(model: ModelConfig, source: str) -> None:
     if isinstance(weights, Path) and not preset and not weights.is_file():
         raise ConfigError(
             f"{source}: `model.weights` file not found: {weights}. Attach the Keras weights "
-            'file (e.g. efficientnetb0_notop.h5) and give its path, give a keras-hub preset '
+            "file (e.g. efficientnetb0_notop.h5) and give its path, give a keras-hub preset "
             'folder, or set "imagenet" to download them (needs the internet)'
         )
 

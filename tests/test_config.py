@@ -37,7 +37,7 @@ def test_shipped_configs_load():
         and baseline.image.size == 256
         and baseline.image.context == 1
     )
-    assert baseline.model.weights is None and baseline.model.mixed_precision
+    assert baseline.model.weights is None and baseline.model.precision == "auto"
     assert baseline.image.crop == "head" and demo.image.crop == "none"
     strong = load_config(CONFIGS / "strong.toml")
     assert strong.model.backbone == "EfficientNetB3" and strong.image.size == 384
@@ -178,3 +178,14 @@ def test_weights_take_imagenet_by_name_and_a_path_otherwise(tmp_path):
     file = tmp_path / "b0_notop.h5"
     file.write_bytes(b"x")
     assert config_from_dict({"model": {"weights": str(file)}}).model.weights == file
+
+
+def test_the_learning_rate_scales_linearly_with_the_global_batch_when_asked():
+    plain = config_from_dict({"train": {"batch_size": 256, "learning_rate": 1e-3}})
+    assert plain.train.effective_learning_rate == 1e-3
+    scaled = config_from_dict(
+        {"train": {"batch_size": 256, "learning_rate": 1e-3, "scale_learning_rate": 64}}
+    )
+    assert scaled.train.effective_learning_rate == pytest.approx(4e-3)
+    with pytest.raises(ConfigError, match="`train.scale_learning_rate` must be 0"):
+        config_from_dict({"train": {"scale_learning_rate": -1}})

@@ -307,13 +307,28 @@ def cosine_decay(
     )
 
 
-def compile_fold_model(model: keras.Model, *, learning_rate, label_weights) -> keras.Model:
+def compile_fold_model(
+    model: keras.Model,
+    *,
+    learning_rate,
+    label_weights,
+    precision: str = "float32",
+    jit_compile: str | bool = "auto",
+) -> keras.Model:
     """Compile for either stage: AdamW, the weighted BCE loss with `label_weights`, and
-    the competition metric weighted by the sample weights (a series mask, or none)."""
+    the competition metric weighted by the sample weights (a series mask, or none).
+
+    Under ``mixed_float16`` the optimizer scales the loss dynamically (Keras wraps it only
+    when the Model's own policy is mixed, and ours is float32 around a mixed backbone).
+    """
+    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=1e-4)
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=1e-4),
+        optimizer=optimizer,
         loss=WeightedBCE(label_weights),
         weighted_metrics=[WeightedLogLoss()],
+        jit_compile=jit_compile,
     )
     return model
 

@@ -80,7 +80,11 @@ def build_model(config: Config, *, prior: np.ndarray | None = None) -> keras.Mod
     inputs = keras.Input(
         (config.image.size, config.image.size, channels), dtype="uint8", name="image"
     )
-    policy = "mixed_float16" if config.model.mixed_precision else "float32"
+    policy = config.model.precision
+    if policy == "auto":
+        from rsna.training.precision import resolve_precision
+
+        policy = resolve_precision(config)[0].model.precision
     with dtype_policy(policy):
         x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
         if config.model.backbone == "small_cnn":

@@ -40,6 +40,7 @@ from rsna.training.fold import (
 )
 from rsna.training.generator import DataGenerator
 from rsna.training.models import build_model, load_model
+from rsna.training.precision import resolve_precision
 from rsna.training.strategy import choose_strategy
 
 __all__ = ["fold_models", "predict_images", "predict_test", "predict_views", "train_fold"]
@@ -60,14 +61,22 @@ def train_fold(
         rsna.training.fold.TrainError: no folds file, or `fold` is not one of its folds.
     """
 
+    config, precision = resolve_precision(config)  # the run's config.toml records the choice
+
     def plan(split: FoldSplit) -> FoldPlan:
         train_gen = _generator(config, split.train_ids, split.labels, train=True)
         valid_gen = _generator(config, split.valid_ids, split.labels, train=False)
-        with (strategy or choose_strategy()).scope():
+        active = strategy or choose_strategy()
+        if verbose:
+            replicas = active.num_replicas_in_sync
+            print(f"{precision}; {type(active).__name__} with {replicas} replica(s)")
+        with active.scope():
             model = compile_fold_model(
                 build_model(config, prior=split.prior),
                 learning_rate=_schedule(config, len(train_gen)),
                 label_weights=config.train.label_weights,
+                precision=config.model.precision,
+                jit_compile=config.train.jit_compile,
             )
 
         def predict_oof(best: keras.Model) -> tuple[pd.DataFrame, dict]:
@@ -94,7 +103,7 @@ def train_fold(
 
 def _schedule(config: Config, steps_per_epoch: int):
     """The learning rate of `config`: constant, or cosine decay with linear warm-up."""
-    lr = config.train.learning_rate
+    lr = config.train.effective_learning_rate
     if config.train.schedule == "constant":
         return lr
     return cosine_decay(

@@ -13,6 +13,7 @@ import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
 from rsna.config import ConfigError, config_from_dict
+from rsna.training.fold import compile_fold_model
 from rsna.training.models import build_model, context_adapter, load_model
 
 
@@ -41,13 +42,42 @@ def test_prior_sets_the_starting_predictions():
     np.testing.assert_allclose(p[0], prior, rtol=1e-4)
 
 
-def test_mixed_precision_keeps_the_head_float32_and_restores_the_policy():
+@pytest.mark.parametrize(
+    "precision, inner", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")]
+)
+def test_mixed_precision_keeps_the_head_float32_and_restores_the_policy(precision, inner):
     before = keras.config.dtype_policy().name
-    model = build_model(config(mixed_precision=True))
-    assert model.get_layer("conv1a").compute_dtype == "float16"
+    model = build_model(config(precision=precision))
+    assert model.get_layer("conv1a").compute_dtype == inner
     assert model.get_layer("probabilities").compute_dtype == "float32"
     assert model.output.dtype == "float32"
     assert keras.config.dtype_policy().name == before
+
+
+def test_mixed_bfloat16_trains_an_epoch_on_cpu_with_a_float32_head():
+    model = compile_fold_model(
+        build_model(config(precision="mixed_bfloat16")),
+        learning_rate=1e-3,
+        label_weights=(1, 1, 1, 1, 1, 2),
+        precision="mixed_bfloat16",
+    )
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 255, (16, 32, 32, 9), dtype=np.uint8)
+    y = (rng.random((16, 6)) < 0.3).astype("float32")
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert model.predict(x[:2], verbose=0).dtype == np.float32
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_float16_gets_a_loss_scaling_optimizer():
+    model = compile_fold_model(
+        build_model(config(precision="mixed_float16")),
+        learning_rate=1e-3,
+        label_weights=(1, 1, 1, 1, 1, 2),
+        precision="mixed_float16",
+    )
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
 
 
 def test_keras_applications_backbone_with_a_local_weights_file(tmp_path):
