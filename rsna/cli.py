@@ -216,8 +216,9 @@ def _train(args: argparse.Namespace) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     from rsna.training.embed import embed_folds
+    from rsna.training.strategy import choose_strategy
 
-    written = embed_folds(_config(args), args.fold)
+    written = embed_folds(_config(args), args.fold, strategy=choose_strategy(args.strategy))
     for paths in written:
         print(", ".join(str(p) for p in paths.values()))
 
@@ -286,9 +287,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     from rsna.training import runner
+    from rsna.training.strategy import choose_strategy
 
     config = _config(args)  # argparse has checked that --stage is 1 or 2
-    result = runner.predict(config, stage=args.stage)
+    result = runner.predict(config, stage=args.stage, strategy=choose_strategy(args.strategy))
     report = result.report
     views = report["tta"] if args.stage == 1 else f"reverse={report['tta_reverse']}"
     print(
@@ -508,6 +510,7 @@ def _parser() -> argparse.ArgumentParser:
         help="stage 1's embeddings of each fold's own images and the test set",
     )
     _config_arguments(p, folds=True)
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES)
     p.set_defaults(run=_embed)
 
     p = sub.add_parser(
@@ -553,6 +556,7 @@ def _parser() -> argparse.ArgumentParser:
         help="predict the test set with every fold and write submission.csv",
     )
     _config_arguments(p, stage="1: the slice models; 2: the series models")
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES)
     p.set_defaults(run=_predict)
 
     p = sub.add_parser(

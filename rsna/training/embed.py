@@ -23,6 +23,7 @@ from rsna.predictions import PredictError, test_images
 from rsna.training.fold import config_folds, fold_numbers
 from rsna.training.models import load_model
 from rsna.training.stage1 import predict_views
+from rsna.training.strategy import choose_strategy
 
 __all__ = ["EmbedError", "embed_fold", "embed_folds", "embed_images"]
 
@@ -32,10 +33,11 @@ class EmbedError(PredictError):
 
 
 def embed_fold(
-    config: Config, fold: int, *, test_ids: Sequence[str] | None = None
+    config: Config, fold: int, *, test_ids: Sequence[str] | None = None, strategy=None
 ) -> dict[str, Path]:
     """Write fold `fold`'s out-of-fold (and, given `test_ids`, test) embeddings; reuse
-    files already written. Returns file name -> path."""
+    files already written. Returns file name -> path. The model runs under `strategy`
+    (default: :func:`choose_strategy`), on every GPU or TPU core."""
     fold_dir = config.fold_dir(fold)
     if not (fold_dir / runs.BEST_MODEL).exists():
         raise EmbedError(f"{fold_dir}: no {runs.BEST_MODEL}; train stage 1 of fold {fold} first")
@@ -45,20 +47,25 @@ def embed_fold(
         jobs[runs.EMBED_TEST] = list(test_ids)
     todo = {name: ids for name, ids in jobs.items() if not (fold_dir / name).exists()}
     if todo:
-        model = load_model(fold_dir / runs.BEST_MODEL)
-        embedder = keras.Model(
-            model.input, [model.get_layer("features").output, model.get_layer("logits").output]
-        )
+        active = strategy or choose_strategy()
+        with active.scope():
+            model = load_model(fold_dir / runs.BEST_MODEL)
+            outputs = [model.get_layer("features").output, model.get_layer("logits").output]
+            embedder = keras.Model(model.input, outputs)
         for name, ids in todo.items():
-            embed_images(embedder, ids, config, fold_dir / name)
+            embed_images(
+                embedder, ids, config, fold_dir / name, replicas=active.num_replicas_in_sync
+            )
         keras.backend.clear_session()
     return {name: fold_dir / name for name in jobs}
 
 
-def embed_images(embedder: keras.Model, ids: list[str], config: Config, path: Path) -> None:
+def embed_images(
+    embedder: keras.Model, ids: list[str], config: Config, path: Path, *, replicas: int = 1
+) -> None:
     """Write the features and logits of `ids`, averaged over the TTA views of
     ``predict.tta``, to an embeddings file (npz, no pickle) at `path`."""
-    views, unreadable = predict_views(embedder, ids, config)
+    views, unreadable = predict_views(embedder, ids, config, replicas=replicas)
     features = np.mean([f for f, _ in views], axis=0)
     logits = np.mean([g for _, g in views], axis=0)
     readable = ~np.isin(ids, unreadable)
@@ -72,10 +79,16 @@ def embed_images(embedder: keras.Model, ids: list[str], config: Config, path: Pa
         )
 
 
-def embed_folds(config: Config, folds: str | Sequence[int] = "all") -> list[dict[str, Path]]:
+def embed_folds(
+    config: Config, folds: str | Sequence[int] = "all", *, strategy=None
+) -> list[dict[str, Path]]:
     """``rsna embed``: out-of-fold and (when there is a sample submission) test embeddings."""
     try:
         test_ids = test_images(config.data.work_dir).present
     except PredictError:
         test_ids = None
-    return [embed_fold(config, k, test_ids=test_ids) for k in fold_numbers(config, folds)]
+    strategy = strategy or choose_strategy()
+    return [
+        embed_fold(config, k, test_ids=test_ids, strategy=strategy)
+        for k in fold_numbers(config, folds)
+    ]

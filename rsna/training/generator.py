@@ -59,8 +59,10 @@ __all__ = [
     "DataGenerator",
     "EpochSync",
     "GeneratorError",
+    "PaddedBatches",
     "SeriesGenerator",
     "as_tf_dataset",
+    "trim",
 ]
 
 
@@ -622,3 +624,41 @@ class SeriesGenerator(keras.utils.PyDataset):
     def image_order(self) -> list[str]:
         """Image IDs in the order of the series and their slices."""
         return [i for uid in self.uids for i in self.series[uid][0]]
+
+
+class PaddedBatches(keras.utils.PyDataset):
+    """A prediction dataset whose short last batch is padded to `rows` (its last row
+    repeated), so every batch has the same shape.
+
+    Static shapes suit TPUs, and with `rows` a multiple of a ``tf.distribute`` strategy's
+    replicas no replica gets an empty share (which MirroredStrategy cannot run). Every
+    batch but the last must already hold `rows`; keep the first ``len(image_ids)`` rows
+    of the predictions (:func:`trim`).
+    """
+
+    def __init__(self, inner: keras.utils.PyDataset, *, rows: int) -> None:
+        super().__init__()
+        if rows < 1:
+            raise GeneratorError(f"`rows` must be positive. Received: rows={rows}")
+        self.inner, self.rows = inner, rows
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        x = self.inner[index]
+        if len(x) > self.rows or (len(x) < self.rows and index != len(self) - 1):
+            raise GeneratorError(
+                f"batch {index} of {len(self)} holds {len(x)} rows; only the last may hold "
+                f"fewer than rows={self.rows}, and none more"
+            )
+        if len(x) < self.rows:
+            x = np.concatenate([x, np.repeat(x[-1:], self.rows - len(x), axis=0)])
+        return x
+
+
+def trim(predictions, n: int):
+    """The first `n` rows of each output of ``model.predict`` (one array or a list)."""
+    if isinstance(predictions, (list, tuple)):
+        return [p[:n] for p in predictions]
+    return predictions[:n]

@@ -39,6 +39,7 @@ def train(
     return [module.train_fold(config, k, **kwargs) for k in fold_numbers(config, folds)]
 
 
-def predict(config: Config, *, stage: int = 1) -> PredictResult:
-    """Predict the test set with every fold model of `stage`; write its submission."""
-    return _stage(stage).predict_test(config)
+def predict(config: Config, *, stage: int = 1, strategy=None) -> PredictResult:
+    """Predict the test set with every fold model of `stage` (the slice models under
+    `strategy`, on every device); write its submission."""
+    return _stage(stage).predict_test(config, strategy=strategy)

@@ -38,7 +38,7 @@ from rsna.training.fold import (
     cosine_decay,
     run_fold,
 )
-from rsna.training.generator import DataGenerator
+from rsna.training.generator import DataGenerator, PaddedBatches, trim
 from rsna.training.models import build_model, load_model
 from rsna.training.precision import resolve_precision
 from rsna.training.strategy import choose_strategy
@@ -131,28 +131,31 @@ def _generator(
 
 
 def predict_views(
-    model: keras.Model, image_ids: list[str], config: Config
+    model: keras.Model, image_ids: list[str], config: Config, *, replicas: int = 1
 ) -> tuple[list, list[str]]:
-    """The model's output for each TTA view of ``predict.tta``, and the unreadable IDs."""
+    """The model's output for each TTA view of ``predict.tta``, and the unreadable IDs.
+
+    The batch size is ``predict.batch_size`` rounded up to a multiple of `replicas` (of
+    the strategy the model was loaded under); the short last batch is padded, and the
+    padding's outputs are dropped: each image is predicted exactly once.
+    """
     views, unreadable = [], []
+    batch = -(-config.predict.batch_size // replicas) * replicas  # a share for every replica
     for view in config.predict.tta:
         gen = DataGenerator.from_config(
-            config,
-            image_ids,
-            batch_size=config.predict.batch_size,
-            to_fit=False,
-            hflip=view == "hflip",
+            config, image_ids, batch_size=batch, to_fit=False, hflip=view == "hflip"
         )
-        views.append(model.predict(gen, verbose=0))
+        padded = PaddedBatches(gen, rows=batch)
+        views.append(trim(model.predict(padded, verbose=0), len(image_ids)))
         unreadable = sorted(set(gen.unreadable))
     return views, unreadable
 
 
 def predict_images(
-    model: keras.Model, image_ids: list[str], config: Config
+    model: keras.Model, image_ids: list[str], config: Config, *, replicas: int = 1
 ) -> tuple[np.ndarray, list[str]]:
     """Probabilities (n, 6) averaged over the TTA views, and the unreadable IDs."""
-    views, unreadable = predict_views(model, image_ids, config)
+    views, unreadable = predict_views(model, image_ids, config, replicas=replicas)
     return np.mean(views, axis=0, dtype=np.float64), unreadable
 
 
@@ -171,8 +174,11 @@ def fold_models(config: Config, *, stage: int = 1) -> dict[int, Path]:
     return {k: folder / runs.BEST_MODEL for k, folder in folds.items()}
 
 
-def predict_test(config: Config, *, write: bool = True) -> PredictResult:
+def predict_test(config: Config, *, write: bool = True, strategy=None) -> PredictResult:
     """Predict the sample submission's images with every fold's slice model; write the submission.
+
+    Each model is loaded under `strategy` (default: :func:`choose_strategy`), so every GPU
+    or TPU core predicts.
 
     Raises:
         PredictError: no trained folds, or no sample submission.
@@ -182,8 +188,12 @@ def predict_test(config: Config, *, write: bool = True) -> PredictResult:
     test = test_images(config.data.work_dir)
     per_fold, unreadable = [], []
     models = fold_models(config)
+    active = strategy or choose_strategy()
     for path in models.values():
-        probs, unreadable = predict_images(load_model(path), test.present, config)
+        with active.scope():
+            model = load_model(path)
+        replicas = active.num_replicas_in_sync
+        probs, unreadable = predict_images(model, test.present, config, replicas=replicas)
         per_fold.append(probs)
         keras.backend.clear_session()
     predictions = assemble(test, per_fold, how=config.predict.ensemble, unreadable=unreadable)

@@ -119,7 +119,7 @@ def train_fold(
         )
 
     for k in fold_numbers(config):  # embed before the fold's seed: loading a model draws from it
-        embed_fold(config, k)
+        embed_fold(config, k, strategy=strategy)
     return run_fold(
         config, fold, stage=2, plan=plan, force=force, callbacks=callbacks, verbose=verbose
     )
@@ -165,7 +165,7 @@ def predict_series(model: keras.Model, series: Series, config: Config) -> pd.Dat
     )
 
 
-def predict_test(config: Config, *, write: bool = True) -> PredictResult:
+def predict_test(config: Config, *, write: bool = True, strategy=None) -> PredictResult:
     """Stage-2 test predictions: each fold's series model on its own slice model's test
     embeddings, averaged over folds, through the same validated submission writer.
 
@@ -182,7 +182,7 @@ def predict_test(config: Config, *, write: bool = True) -> PredictResult:
             missing = config.fold_dir(fold, stage=2) / runs.BEST_MODEL
             raise PredictError(f"{missing}: missing; run `rsna train CONFIG --stage 2` first")
         embeddings = read_embeddings(
-            embed_fold(config, fold, test_ids=test.present)[runs.EMBED_TEST]
+            embed_fold(config, fold, test_ids=test.present, strategy=strategy)[runs.EMBED_TEST]
         )
         unreadable |= set(embeddings.index[~embeddings["readable"].to_numpy(bool)])
         series = series_of(config, embeddings, test.metadata, test.prior)

@@ -61,6 +61,7 @@ def stream_dataset(
     cycle_length: int = 8,
     parallel: int | None = None,
     shuffle_buffer: int | None = None,
+    static_shapes: bool = False,
 ):
     """A ``tf.data.Dataset`` of ``(x, y)`` batches of `image_ids` from a store, epoch after
     epoch: x uint8 (batch, size, size, channels), y float32 (batch, 6) in LABELS order.
@@ -81,6 +82,10 @@ def stream_dataset(
         cycle_length: shards open at once (their decoded slices are in memory).
         parallel: shards decoded at once (default: tf.data's AUTOTUNE).
         shuffle_buffer: samples in the shuffle buffer (default 4 batches).
+        static_shapes: every batch holds `batch_size` rows, as TPUs need: each epoch's
+            short last batch is padded with zeros, and the dataset gives ``(x, y, w)``
+            with sample weight w = 1 for real images and 0 for the padding, so the loss
+            and the metric count each real image exactly once.
 
     Raises:
         StreamError: an image the store does not hold, or bad options.
@@ -129,7 +134,20 @@ def stream_dataset(
             data = data.shuffle(
                 buffer, seed=int(np.random.default_rng([seed, e, 2]).integers(2**31))
             )
-        return data.batch(batch_size)
+        data = data.batch(batch_size)
+        return data.map(padded) if static_shapes else data
+
+    def padded(x, y):
+        real = tf.shape(x)[0]
+        missing = batch_size - real
+        x = tf.pad(x, [[0, missing], [0, 0], [0, 0], [0, 0]])
+        y = tf.pad(y, [[0, missing], [0, 0]])
+        w = tf.concat([tf.ones([real]), tf.zeros([missing])], axis=0)
+        return (
+            tf.ensure_shape(x, (batch_size, *shape)),
+            tf.ensure_shape(y, (batch_size, len(LABELS))),
+            tf.ensure_shape(w, (batch_size,)),
+        )
 
     data = epoch(start_epoch)
     for e in range(start_epoch + 1, start_epoch + epochs):

@@ -6,6 +6,7 @@ import math
 import pickle
 import shutil
 
+import keras
 import numpy as np
 import pytest
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
@@ -16,7 +17,14 @@ from rsna.data.folds import read_folds
 from rsna.data.labels import LABELS
 from rsna.data.metadata import read_metadata, read_prepared_labels
 from rsna.errors import DataWarning, RsnaError
-from rsna.training.generator import DataGenerator, EpochSync, GeneratorError, as_tf_dataset
+from rsna.training.generator import (
+    DataGenerator,
+    EpochSync,
+    GeneratorError,
+    PaddedBatches,
+    as_tf_dataset,
+    trim,
+)
 
 
 @pytest.fixture(scope="module")
@@ -329,3 +337,25 @@ def test_context_slices_are_read_once_per_batch_and_across_batches(data):
     shuffled = make(data, ids, to_fit=False, context=1, batch_size=len(ids))
     shuffled[0]
     assert shuffled.decodes == len(ids)  # within a batch: 3 uses of each slice, 1 read
+
+
+def test_padded_batches_pad_only_the_last_and_trim_restores_the_rows():
+    class Batches(keras.utils.PyDataset):
+        def __init__(self, sizes):
+            super().__init__()
+            self.sizes = sizes
+
+        def __len__(self):
+            return len(self.sizes)
+
+        def __getitem__(self, i):
+            start = sum(self.sizes[:i])
+            return np.arange(start, start + self.sizes[i])[:, None].astype("float32")
+
+    padded = PaddedBatches(Batches([4, 4, 1]), rows=4)
+    assert padded[2].ravel().tolist() == [8, 8, 8, 8]  # the last row repeated
+    rows = np.concatenate([padded[i] for i in range(len(padded))])
+    assert trim(rows, 9).ravel().tolist() == list(range(9))
+    assert [a.ravel().tolist() for a in trim([rows, rows * 2], 2)] == [[0, 1], [0, 2]]
+    with pytest.raises(GeneratorError, match="only the last may hold fewer than rows=4"):
+        PaddedBatches(Batches([4, 3, 4]), rows=4)[1]

@@ -220,3 +220,44 @@ def test_cli_train_evaluate_predict_validate(tiny_work, tiny_competition, tmp_pa
     assert main(["train", str(path), "--set", "train.epochs=0"]) == 2
     assert "`train.epochs` must be positive" in capsys.readouterr().err
     assert main(["predict", str(path), "--stage", "2"]) == 2
+
+
+_MIRRORED_PREDICT = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from rsna.config import load_config
+from rsna.training.stage1 import predict_test
+config = load_config(sys.argv[1], overrides={"predict.batch_size": int(sys.argv[2])})
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+runs = {
+    "default": predict_test(config, write=False, strategy=tf.distribute.get_strategy()),
+    "mirrored": predict_test(config, write=False, strategy=mirrored),
+}
+frames = {k: r.predictions for k, r in runs.items()}
+print(json.dumps({
+    "replicas": mirrored.num_replicas_in_sync,
+    "images": len(frames["default"]),
+    "same_index": bool(frames["default"].index.equals(frames["mirrored"].index)),
+    "diff": float((frames["default"] - frames["mirrored"]).abs().to_numpy().max()),
+}))
+"""
+
+
+def test_prediction_on_two_replicas_equals_one_device_for_a_ragged_last_batch(trained):
+    # MirroredStrategy over 2 logical CPUs, in a fresh process (devices are fixed at TF's
+    # start). Batches of 7 (8 on two replicas): the last is short, and without padding a
+    # replica can get an empty share, which MirroredStrategy cannot run.
+    config, _ = trained
+    done = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_PREDICT, str(config.run_dir / "config.toml"), "7"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2 and result["same_index"]
+    assert result["images"] % 7 != 0 and result["images"] % 8 != 0
+    assert result["diff"] <= 1e-5

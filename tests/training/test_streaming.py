@@ -62,3 +62,32 @@ def test_bad_inputs(data):
         stream_dataset(data["store"], ["ID_nope"], data["labels"], batch_size=4)
     with pytest.raises(StreamError, match="`batch_size` and `cycle_length` must be positive"):
         stream_dataset(data["store"], data["train"], data["labels"], batch_size=0)
+
+
+def test_static_shapes_pad_and_mask_the_last_batch_and_score_the_same(data):
+    from rsna.config import config_from_dict
+    from rsna.training.fold import compile_fold_model
+    from rsna.training.models import build_model
+
+    ids = [i for i in data["train"] if data["store"].readable(i)]
+    assert len(ids) % 8 != 0  # a short last batch
+    common = dict(batch_size=8, epochs=2)
+    plain = stream_dataset(data["store"], ids, data["labels"], **common)
+    static = stream_dataset(data["store"], ids, data["labels"], static_shapes=True, **common)
+    batches = list(static.as_numpy_iterator())
+    assert len(batches) == 2 * stream_steps(len(ids), 8)
+    assert {x.shape[0] for x, _, _ in batches} == {8}  # every batch full: static shapes
+    assert sum(w.sum() for _, _, w in batches) == 2 * len(ids)  # each real image once an epoch
+    last_x, _, last_w = batches[-1]
+    real = len(ids) % 8
+    assert last_w.tolist() == [1.0] * real + [0.0] * (8 - real) and not last_x[real:].any()
+    config = config_from_dict(
+        {"image": {"size": TINY_SPEC.size, "context": 0}, "model": {"backbone": "small_cnn"}}
+    )
+    model = compile_fold_model(
+        build_model(config), learning_rate=1e-3, label_weights=(1, 1, 1, 1, 1, 2)
+    )
+    steps = stream_steps(len(ids), 8)
+    unpadded = model.evaluate(plain, steps=steps, verbose=0, return_dict=True)
+    masked = model.evaluate(static, steps=steps, verbose=0, return_dict=True)
+    assert abs(unpadded["weighted_log_loss"] - masked["weighted_log_loss"]) <= 1e-6
