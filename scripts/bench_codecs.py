@@ -114,7 +114,9 @@ def main() -> None:
     images = slices(args.slices)
     raw = images[0].nbytes
     print(f"{len(images)} slices, 256x256x3 uint8 ({raw / 1000:.1f} kB raw), one core")
-    print(f"{'codec':36s} {'kB':>6s} {'x smaller':>9s} {'enc/s':>7s} {'dec/s':>7s} {'MAE':>6s} {'p99':>4s}")
+    print(
+        f"{'codec':36s} {'kB':>6s} {'x smaller':>9s} {'enc/s':>7s} {'dec/s':>7s} {'MAE':>6s} {'p99':>4s}"
+    )
     for name, (encode, decode) in candidates().items():
         start = time.perf_counter()
         blobs = [encode(x) for x in images]
@@ -124,7 +126,9 @@ def main() -> None:
             start = time.perf_counter()
             out = [decode(b) for b in blobs]
             best = min(best, time.perf_counter() - start)
-        errors = np.concatenate([np.abs(o.astype(int) - x).ravel() for o, x in zip(out, images, strict=True)])
+        errors = np.concatenate(
+            [np.abs(o.astype(int) - x).ravel() for o, x in zip(out, images, strict=True)]
+        )
         size = np.mean([len(b) for b in blobs])
         print(
             f"{name:36s} {size / 1000:6.1f} {raw / size:9.1f} {encode_rate:7.0f} "

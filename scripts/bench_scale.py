@@ -47,7 +47,11 @@ REAL_DICOM_BYTES = 460e9  # stage 2's DICOMs, train and test (FACTS.md)
 #: publish 3,454 img/s on an A100 at 224x224 with AMP; scaled by the pixel count to
 #: 256x256. The T4 figure is an estimate by memory bandwidth; no published TF2 figure
 #: for the H100 was found, so it is taken as twice the A100 (an estimate).
-GPU_RATES = {"1x T4 (estimate)": 240.0, "2x T4 (estimate)": 480.0, "1x H100 (estimate)": 2 * 3454 * (224 / 256) ** 2}
+GPU_RATES = {
+    "1x T4 (estimate)": 240.0,
+    "2x T4 (estimate)": 480.0,
+    "1x H100 (estimate)": 2 * 3454 * (224 / 256) ** 2,
+}
 COMPRESSIONS = ("none", "lossless", "lossy")
 
 
@@ -67,7 +71,9 @@ def main() -> None:
         measure(args)
         return
     if args.slices < 10_000:
-        print(f"note: {args.slices} slices is a smoke run; the worker ratios need >= 10000 to warm up")
+        print(
+            f"note: {args.slices} slices is a smoke run; the worker ratios need >= 10000 to warm up"
+        )
     root = args.keep or Path(tempfile.mkdtemp(prefix="rsna-bench-scale-"))
     try:
         run(root, args)
@@ -112,7 +118,9 @@ def run(root: Path, args: argparse.Namespace) -> None:
         result = build_cache(work, spec, codec=codec, shard_size=256)
         rate = slices / (time.perf_counter() - start)
         stores[compression] = {"path": path, "rate": rate, "per_slice": result.bytes / slices}
-        print(f"  {compression:9s} {rate:7.0f} slices/s, {result.bytes / slices / 1000:6.1f} kB a slice")
+        print(
+            f"  {compression:9s} {rate:7.0f} slices/s, {result.bytes / slices / 1000:6.1f} kB a slice"
+        )
     raw = 256 * 256 * 3
     error = lossy_error(stores["none"]["path"], stores["lossy"]["path"])
     print(f"  lossy against exact: mean absolute error {error:.2f} grey levels")
@@ -164,19 +172,64 @@ def run(root: Path, args: argparse.Namespace) -> None:
 
     figures = [
         ("lossless store <= 1/4 of raw", stores["lossless"]["per_slice"] / raw, "<=", 0.25),
-        ("store via DataGenerator / DICOMs, one core", r["store, 1 core"] / r["dicom, 1 core"], ">=", 2.0),
+        (
+            "store via DataGenerator / DICOMs, one core",
+            r["store, 1 core"] / r["dicom, 1 core"],
+            ">=",
+            2.0,
+        ),
         ("lossy store <= 1/12 of raw", stores["lossy"]["per_slice"] / raw, "<=", 1 / 12),
         ("lossy mean absolute error", error, "<=", 1.5),
-        (f"tf.data {cores} cores / 1 core", r[f"tf.data, {cores} cores"] / r["tf.data, 1 core"], ">=", 1.7),
-        ("DICOMs, 2 processes / 1 worker", r["dicom, 2 processes"] / r["dicom, 1 worker"], ">=", 1.6),
-        ("  this machine's ceiling: 2 separate runs / 1", r["dicom, 2 separate 1-core runs"] / r["dicom, 1 core"], "", 0),
+        (
+            f"tf.data {cores} cores / 1 core",
+            r[f"tf.data, {cores} cores"] / r["tf.data, 1 core"],
+            ">=",
+            1.7,
+        ),
+        (
+            "DICOMs, 2 processes / 1 worker",
+            r["dicom, 2 processes"] / r["dicom, 1 worker"],
+            ">=",
+            1.6,
+        ),
+        (
+            "  this machine's ceiling: 2 separate runs / 1",
+            r["dicom, 2 separate 1-core runs"] / r["dicom, 1 core"],
+            "",
+            0,
+        ),
         ("store, 2 threads / 1 worker", r["store, 2 threads"] / r["store, 1 worker"], ">=", 1.0),
-        ("store, 2 processes / 1 worker", r["store, 2 processes"] / r["store, 1 worker"], ">=", 1.0),
-        ("fit: DataGenerator (lossless store) / in-memory", fit["generator"] / fit["memory"], ">=", 0.95),
-        ("fit: DataGenerator (raw store) / in-memory", fit["generator, raw store"] / fit["memory"], ">=", 0.95),
+        (
+            "store, 2 processes / 1 worker",
+            r["store, 2 processes"] / r["store, 1 worker"],
+            ">=",
+            1.0,
+        ),
+        (
+            "fit: DataGenerator (lossless store) / in-memory",
+            fit["generator"] / fit["memory"],
+            ">=",
+            0.95,
+        ),
+        (
+            "fit: DataGenerator (raw store) / in-memory",
+            fit["generator, raw store"] / fit["memory"],
+            ">=",
+            0.95,
+        ),
         ("fit: tf.data stream (lossless) / in-memory", fit["stream"] / fit["memory"], ">=", 0.95),
-        ("fit, model on 1 thread: DataGenerator (lossless)", fit_one["generator"] / fit_one["memory"], ">=", 0.95),
-        ("fit, model on 1 thread: tf.data stream (lossless)", fit_one["stream"] / fit_one["memory"], ">=", 0.95),
+        (
+            "fit, model on 1 thread: DataGenerator (lossless)",
+            fit_one["generator"] / fit_one["memory"],
+            ">=",
+            0.95,
+        ),
+        (
+            "fit, model on 1 thread: tf.data stream (lossless)",
+            fit_one["stream"] / fit_one["memory"],
+            ">=",
+            0.95,
+        ),
         ("RSS growth over 3 epochs, MB", (memory["end"] - memory["start"]) / 1e6, "<=", 100),
     ]
     print("figures (measured here, ratios in this run):")
@@ -217,22 +270,38 @@ def store_sizes_at_512(root: Path, data: Path) -> dict[str, float]:
     n = len(read_metadata(work))
     sizes = {}
     for compression in COMPRESSIONS:
-        result = build_cache(work, ImageSpec(size=512), codec=codec_for(compression), out=work / compression)
+        result = build_cache(
+            work, ImageSpec(size=512), codec=codec_for(compression), out=work / compression
+        )
         sizes[compression] = result.bytes / n
     return sizes
 
 
-def project(stores: dict, sizes_512: dict, header_rate: float, r: dict, cores: int, *, disk: float) -> None:
+def project(
+    stores: dict, sizes_512: dict, header_rate: float, r: dict, cores: int, *, disk: float
+) -> None:
     """The real competition, from the rates measured here (labelled as projections)."""
     real = REAL_TRAIN + REAL_TEST
-    print(f"\nPROJECTION for the real stage-2 data ({REAL_TRAIN:,} train + {REAL_TEST:,} test = {real:,} slices).")
-    print("Linear in slices, and in cores at the per-core rate measured with all cores busy; real CT")
+    print(
+        f"\nPROJECTION for the real stage-2 data ({REAL_TRAIN:,} train + {REAL_TEST:,} test = {real:,} slices)."
+    )
+    print(
+        "Linear in slices, and in cores at the per-core rate measured with all cores busy; real CT"
+    )
     print("has more texture than the phantoms, so real stores will be larger than these. Reading")
-    print(f"the {REAL_DICOM_BYTES / 1e9:.0f} GB of DICOMs is timed at an assumed disk rate (--disk-mb-s).")
+    print(
+        f"the {REAL_DICOM_BYTES / 1e9:.0f} GB of DICOMs is timed at an assumed disk rate (--disk-mb-s)."
+    )
     io_hours = REAL_DICOM_BYTES / disk / 3600
-    print(f"  header scan, 4 cores:  {real / (header_rate * 4) / 3600:5.2f} h (projection; reads only the headers)")
-    print(f"  reading the DICOMs alone: {io_hours:.2f} h at {disk / 1e6:.0f} MB/s, whatever the cores (projection)")
-    print(f"  {'store':9s} {'GB at 256':>10s} {'GB at 512':>10s} {'CPU h, 4 cores':>15s} {'16 cores':>9s}")
+    print(
+        f"  header scan, 4 cores:  {real / (header_rate * 4) / 3600:5.2f} h (projection; reads only the headers)"
+    )
+    print(
+        f"  reading the DICOMs alone: {io_hours:.2f} h at {disk / 1e6:.0f} MB/s, whatever the cores (projection)"
+    )
+    print(
+        f"  {'store':9s} {'GB at 256':>10s} {'GB at 512':>10s} {'CPU h, 4 cores':>15s} {'16 cores':>9s}"
+    )
     for compression in COMPRESSIONS:
         per_core = stores[compression]["rate"] / cores
         hours = [real / (per_core * n) / 3600 for n in (4, 16)]
@@ -244,15 +313,25 @@ def project(stores: dict, sizes_512: dict, header_rate: float, r: dict, cores: i
     print(f"  reading one training epoch ({REAL_TRAIN:,} slices) of the lossless store at 256:")
     readers = (
         ("tf.data stream, any context", r[f"tf.data, {cores} cores"] / cores),
-        ("DataGenerator, context 0", max(r["store, 2 threads"], r["store, 2 processes"]) / min(2, cores)),
-        ("DataGenerator, context 1", max(r["store, 2 threads"], r["store, 2 processes"]) / min(2, cores) / 3),
+        (
+            "DataGenerator, context 0",
+            max(r["store, 2 threads"], r["store, 2 processes"]) / min(2, cores),
+        ),
+        (
+            "DataGenerator, context 1",
+            max(r["store, 2 threads"], r["store, 2 processes"]) / min(2, cores) / 3,
+        ),
     )
     for label, per_core in readers:
         for n in (4, 16):
             rate = per_core * n
-            busy = ", ".join(f"{gpu}: {'yes' if rate >= need else 'no'}" for gpu, need in GPU_RATES.items())
+            busy = ", ".join(
+                f"{gpu}: {'yes' if rate >= need else 'no'}" for gpu, need in GPU_RATES.items()
+            )
             print(f"    {label:28s} {n:2d} cores: {REAL_TRAIN / rate / 60:6.1f} min, {rate:7.0f} img/s -> keeps busy {busy}   (projection)")  # fmt: skip
-    print("  (context 1 in a shuffled batch decodes about 3 slices a sample; the stream decodes each slice once)")
+    print(
+        "  (context 1 in a shuffled batch decodes about 3 slices a sample; the stream decodes each slice once)"
+    )
     print("  GPU rates used, EfficientNet-B0 training at 256x256: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in GPU_RATES.items()))  # fmt: skip
 
 
@@ -371,8 +450,14 @@ def _fit(args) -> dict:
         "memory": lambda: (x, {"y": y, "batch_size": args.batch_size}),
         "generator": lambda: (gen, {}),
         "generator, raw store": lambda: (raw, {}),
-        "stream": lambda: (stream_dataset(_store(args.work), ids, labels, batch_size=args.batch_size, shuffle=True), {"steps_per_epoch": steps}),  # fmt: skip
+        "stream": lambda: (
+            stream_dataset(
+                _store(args.work), ids, labels, batch_size=args.batch_size, shuffle=True
+            ),
+            {"steps_per_epoch": steps},
+        ),  # fmt: skip
     }
+
     class EpochTime(keras.callbacks.Callback):
         """The epoch alone: not the set-up of a fit call (which converts in-memory arrays)."""
 

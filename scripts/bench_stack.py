@@ -48,7 +48,9 @@ def main() -> None:
     seconds = time.perf_counter() - start
     scale = COMPETITION_SLICES / n
     print(f"{n} slices, {args.runs} runs, {args.folds} folds: {seconds:.1f} s")
-    print(f"projected for {COMPETITION_SLICES} slices: {seconds * scale / 60:.0f} min on this machine")
+    print(
+        f"projected for {COMPETITION_SLICES} slices: {seconds * scale / 60:.0f} min on this machine"
+    )
 
 
 if __name__ == "__main__":

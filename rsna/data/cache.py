@@ -32,10 +32,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import shutil
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -338,8 +341,16 @@ class ImageCache(ImageSource):
         *,
         expect: ImageSpec | None = None,
         codec: Codec | None = None,
+        read_bytes: Callable[[str], bytes] | None = None,
     ) -> None:
-        self.path = Path(path)
+        """Open the store at `path`. With `read_bytes` (a function from a file's location
+        to its bytes, e.g. through ``tf.io.gfile`` for ``gs://``), `path` is a URL whose
+        cache.json and index.parquet are read with it; such a store is streamed
+        (:func:`rsna.training.streaming.stream_dataset`), not read by image ID."""
+        self.remote = read_bytes is not None
+        self.location = str(path).rstrip("/")
+        self.path = Path(path) if not self.remote else Path(self.location.split("://")[-1])
+        self._read_bytes = read_bytes
         stored = self._stored()
         self.spec = ImageSpec.from_json(stored)
         try:
@@ -354,7 +365,10 @@ class ImageCache(ImageSource):
             raise CacheError(
                 f"{self.path} is stored with codec {self.codec.tag}; asked for {codec.tag}"
             )
-        self.index = pd.read_parquet(self.path / INDEX_FILE)
+        if self.remote:
+            self.index = pd.read_parquet(io.BytesIO(read_bytes(f"{self.location}/{INDEX_FILE}")))
+        else:
+            self.index = pd.read_parquet(self.path / INDEX_FILE)
         self.slices = self.index[["series_uid", "slice_index"]]
         self._where = dict(
             zip(
@@ -370,12 +384,18 @@ class ImageCache(ImageSource):
         self._open()
 
     def _stored(self) -> dict:
-        spec_path = self.path / SPEC_FILE
-        if not spec_path.exists():
-            raise CacheError(
-                f"{self.path}: no cache here (no {SPEC_FILE}); run `rsna preprocess` first"
-            )
-        stored = files.read_json(spec_path)
+        if self.remote:
+            try:
+                stored = json.loads(self._read_bytes(f"{self.location}/{SPEC_FILE}"))
+            except (OSError, ValueError) as exc:
+                raise CacheError(f"{self.location}: cannot read {SPEC_FILE} ({exc})") from exc
+        else:
+            spec_path = self.path / SPEC_FILE
+            if not spec_path.exists():
+                raise CacheError(
+                    f"{self.path}: no cache here (no {SPEC_FILE}); run `rsna preprocess` first"
+                )
+            stored = files.read_json(spec_path)
         if stored.get("format") != FORMAT_VERSION:
             raise CacheError(f"{self.path}: made by {_describe(stored)}; rebuild it with `rsna preprocess --force`")  # fmt: skip
         if not stored.get("complete"):
@@ -392,10 +412,12 @@ class ImageCache(ImageSource):
                 os.close(fd)
 
     def __repr__(self) -> str:
-        return f"ImageCache({self.path})"
+        return f"ImageCache({self.location if self.remote else self.path})"
 
-    def shard_path(self, shard: int) -> Path:
-        """The TFRecord file of shard `shard`."""
+    def shard_path(self, shard: int) -> Path | str:
+        """The TFRecord file of shard `shard` (a URL string for a remote store)."""
+        if self.remote:
+            return f"{self.location}/{_shard_path(Path(), shard).name}"
         return _shard_path(self.path, shard)
 
     def read_into(self, image_id: str, out: np.ndarray) -> None:
@@ -406,6 +428,11 @@ class ImageCache(ImageSource):
                 store's image shape; the message names the shard and the image. A slice
                 that was unreadable at preprocessing reads as zeros.
         """
+        if self.remote:
+            raise CacheError(
+                f"{self.location}: a remote store is streamed (rsna.training.streaming), not "
+                "read by image ID; copy it to a local disk for the DataGenerator"
+            )
         shard, offset, length = self._where[self._locate(image_id)]
         if not self._ok[image_id]:  # unreadable at preprocessing: an empty record
             out[...] = 0

@@ -34,11 +34,27 @@ from rsna.data.labels import LABELS
 from rsna.data.series import neighbours
 from rsna.errors import RsnaError
 
-__all__ = ["StreamError", "stream_dataset", "stream_steps"]
+__all__ = ["StreamError", "open_store", "stream_dataset", "stream_steps"]
 
 
 class StreamError(RsnaError):
     """Bad options, or images the store does not hold."""
+
+
+def open_store(location: str | os.PathLike[str]) -> ImageCache:
+    """A store on a local disk, or at a URL ``tf.io.gfile`` knows (``gs://bucket/store``):
+    its cache.json and index.parquet are then read through ``tf.io.gfile``, and its shards
+    by ``TFRecordDataset``."""
+    text = str(location)
+    if "://" not in text:
+        return ImageCache(location)
+    import tensorflow as tf
+
+    def read_bytes(url: str) -> bytes:
+        with tf.io.gfile.GFile(url, "rb") as fh:
+            return fh.read()
+
+    return ImageCache(text, read_bytes=read_bytes)
 
 
 def stream_steps(n: int, batch_size: int) -> int:
@@ -70,7 +86,8 @@ def stream_dataset(
     batch_size)``, n being the readable images.
 
     Args:
-        cache: a store folder (or an open :class:`~rsna.data.cache.ImageCache`).
+        cache: a store folder or URL (``gs://...``, see :func:`open_store`), or an open
+            :class:`~rsna.data.cache.ImageCache`.
         image_ids: the training images.
         labels: the wide label table.
         batch_size: samples per batch.
@@ -92,7 +109,7 @@ def stream_dataset(
     """
     import tensorflow as tf
 
-    store = cache if isinstance(cache, ImageCache) else ImageCache(cache)
+    store = cache if isinstance(cache, ImageCache) else open_store(cache)
     plan = _plan(store, image_ids, labels, context=context)
     if batch_size < 1 or cycle_length < 1:
         raise StreamError(

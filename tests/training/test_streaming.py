@@ -91,3 +91,28 @@ def test_static_shapes_pad_and_mask_the_last_batch_and_score_the_same(data):
     unpadded = model.evaluate(plain, steps=steps, verbose=0, return_dict=True)
     masked = model.evaluate(static, steps=steps, verbose=0, return_dict=True)
     assert abs(unpadded["weighted_log_loss"] - masked["weighted_log_loss"]) <= 1e-6
+
+
+def test_a_store_at_a_url_streams_the_same_samples(data):
+    # TensorFlow's in-memory file system stands in for gs://: the same tf.io.gfile calls.
+    import tensorflow as tf
+
+    from rsna.training.streaming import open_store
+
+    local = data["store"].path
+    url = "ram://stores/tiny"
+    tf.io.gfile.makedirs(url)
+    for path in local.iterdir():
+        tf.io.gfile.copy(str(path), f"{url}/{path.name}", overwrite=True)
+    remote = open_store(url)
+    assert remote.remote and str(remote.shard_path(0)) == f"{url}/shard-00000.tfrecord"
+    kwargs = dict(batch_size=5, context=1, shuffle=True, seed=3)
+    from_url = stream_dataset(url, data["train"], data["labels"], **kwargs)
+    from_disk = stream_dataset(local, data["train"], data["labels"], **kwargs)
+    for (xa, ya), (xb, yb) in zip(
+        from_url.as_numpy_iterator(), from_disk.as_numpy_iterator(), strict=True
+    ):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    with pytest.raises(Exception, match="a remote store is streamed"):
+        remote.read(data["train"][0])

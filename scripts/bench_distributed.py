@@ -1,0 +1,76 @@
+"""What tf.distribute costs per step on this machine: one `fit` step of a small CNN under
+the default strategy, MirroredStrategy on one CPU device, and MirroredStrategy over two
+logical CPU devices (two replicas sharing the cores), as ratios measured in one run.
+
+    python scripts/bench_distributed.py --steps 40 --size 128 --batch 32
+
+Each strategy runs in a fresh process (TensorFlow fixes its devices at start), on the
+same random uint8 batches, with ``jit_compile`` "auto" and off (Keras compiles with XLA
+under the default strategy only, which is part of what a strategy costs). Multi-machine (MultiWorkerMirroredStrategy) is not measured:
+rsna has no multi-worker path yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+_RUN = """
+import json, sys, time
+import tensorflow as tf
+name, steps, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+jit = {"auto": "auto", "off": False}[sys.argv[5]]
+cpu = tf.config.list_physical_devices("CPU")[0]
+if name == "mirrored_2cpu":
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import numpy as np
+from rsna.config import config_from_dict
+from rsna.training.fold import compile_fold_model
+from rsna.training.models import build_model
+strategy = {
+    "default": lambda: tf.distribute.get_strategy(),
+    "mirrored_1cpu": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
+    "mirrored_2cpu": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+}[name]()
+config = config_from_dict({"image": {"size": size, "context": 0}, "model": {"backbone": "small_cnn"}})
+with strategy.scope():
+    model = compile_fold_model(build_model(config), learning_rate=1e-3, label_weights=(1, 1, 1, 1, 1, 2), jit_compile=jit)
+rng = np.random.default_rng(0)
+x = rng.integers(0, 255, (batch * 4, size, size, 3), dtype=np.uint8)
+y = (rng.random((batch * 4, 6)) < 0.2).astype("float32")
+data = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch)
+model.fit(data, steps_per_epoch=5, epochs=1, verbose=0)  # build and trace
+start = time.perf_counter()
+model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+print(json.dumps({"name": name, "seconds_per_step": (time.perf_counter() - start) / steps, "xla": bool(model.jit_compile)}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    for jit in ("auto", "off"):
+        seconds, xla = {}, {}
+        for name in ("default", "mirrored_1cpu", "mirrored_2cpu"):
+            argv = [name, str(args.steps), str(args.size), str(args.batch), jit]
+            done = subprocess.run(
+                [sys.executable, "-c", _RUN, *argv], capture_output=True, text=True, check=True
+            )
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            seconds[name], xla[name] = result["seconds_per_step"], result["xla"]
+        base = seconds["default"]
+        print(f"train.jit_compile = {jit!r}:")
+        for name, value in seconds.items():
+            print(f"  {name:15s} {value * 1000:8.1f} ms/step  {value / base:5.2f}x default  (XLA: {xla[name]})")  # fmt: skip
+        overhead = (seconds["mirrored_1cpu"] - base) * 1000
+        print(f"  strategy overhead per step (MirroredStrategy, one device): {overhead:+.1f} ms")
+        print(f"  two replicas on this machine's cores: {base / seconds['mirrored_2cpu']:.2f}x the default's throughput")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
