@@ -5,8 +5,8 @@ logical CPU devices (two replicas sharing the cores), as ratios measured in one 
     python scripts/bench_distributed.py --steps 40 --size 128 --batch 32
 
 Each strategy runs in a fresh process (TensorFlow fixes its devices at start), on the
-same random uint8 batches, with ``jit_compile`` "auto" and off (Keras compiles with XLA
-under the default strategy only, which is part of what a strategy costs). Multi-machine (MultiWorkerMirroredStrategy) is not measured:
+same random uint8 batches, `--repeats` times interleaved (this shared VM's speed drifts
+by 2x from minute to minute); the medians are compared. Multi-machine (MultiWorkerMirroredStrategy) is not measured:
 rsna has no multi-worker path yet.
 """
 
@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+
+NAMES = ("default", "mirrored_1cpu", "mirrored_2cpu")
 
 _RUN = """
 import json, sys, time
@@ -53,23 +56,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    for jit in ("auto", "off"):
-        seconds, xla = {}, {}
-        for name in ("default", "mirrored_1cpu", "mirrored_2cpu"):
-            argv = [name, str(args.steps), str(args.size), str(args.batch), jit]
+    runs: dict[str, list[float]] = {name: [] for name in NAMES}
+    for _ in range(args.repeats):  # interleaved, so a slow spell of the VM hits every strategy
+        for name in NAMES:
+            argv = [name, str(args.steps), str(args.size), str(args.batch), "auto"]
             done = subprocess.run(
                 [sys.executable, "-c", _RUN, *argv], capture_output=True, text=True, check=True
             )
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            seconds[name], xla[name] = result["seconds_per_step"], result["xla"]
-        base = seconds["default"]
-        print(f"train.jit_compile = {jit!r}:")
-        for name, value in seconds.items():
-            print(f"  {name:15s} {value * 1000:8.1f} ms/step  {value / base:5.2f}x default  (XLA: {xla[name]})")  # fmt: skip
-        overhead = (seconds["mirrored_1cpu"] - base) * 1000
-        print(f"  strategy overhead per step (MirroredStrategy, one device): {overhead:+.1f} ms")
-        print(f"  two replicas on this machine's cores: {base / seconds['mirrored_2cpu']:.2f}x the default's throughput")  # fmt: skip
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1])["seconds_per_step"])
+    seconds = {name: statistics.median(values) for name, values in runs.items()}
+    base = seconds["default"]
+    for name, value in seconds.items():
+        spread = ", ".join(f"{v * 1000:.0f}" for v in runs[name])
+        print(f"{name:15s} {value * 1000:8.1f} ms/step (median of {spread})  {value / base:5.2f}x default")  # fmt: skip
+    overhead = (seconds["mirrored_1cpu"] - base) * 1000
+    print(f"strategy overhead per step (MirroredStrategy, one device): {overhead:+.1f} ms")
+    print(f"two replicas on this machine's cores: {base / seconds['mirrored_2cpu']:.2f}x the default's throughput")  # fmt: skip
 
 
 if __name__ == "__main__":
