@@ -54,13 +54,17 @@ def test_mixed_precision_keeps_the_head_float32_and_restores_the_policy(precisio
     assert keras.config.dtype_policy().name == before
 
 
-def test_mixed_bfloat16_trains_an_epoch_on_cpu_with_a_float32_head():
-    model = compile_fold_model(
-        build_model(config(precision="mixed_bfloat16")),
+def _compiled(precision: str) -> keras.Model:
+    return compile_fold_model(
+        build_model(config(precision=precision)),
         learning_rate=1e-3,
         label_weights=(1, 1, 1, 1, 1, 2),
-        precision="mixed_bfloat16",
+        precision=precision,
     )
+
+
+def test_mixed_bfloat16_trains_an_epoch_on_cpu_with_a_float32_head():
+    model = _compiled("mixed_bfloat16")
     rng = np.random.default_rng(7)
     x = rng.integers(0, 255, (16, 32, 32, 9), dtype=np.uint8)
     y = (rng.random((16, 6)) < 0.3).astype("float32")
@@ -71,12 +75,7 @@ def test_mixed_bfloat16_trains_an_epoch_on_cpu_with_a_float32_head():
 
 
 def test_float16_gets_a_loss_scaling_optimizer():
-    model = compile_fold_model(
-        build_model(config(precision="mixed_float16")),
-        learning_rate=1e-3,
-        label_weights=(1, 1, 1, 1, 1, 2),
-        precision="mixed_float16",
-    )
+    model = _compiled("mixed_float16")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
 
 
