@@ -320,19 +320,15 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> Confi
 def _migrate(config: Config, source: str) -> Config:
     """Old keys in their new form, each with a deprecation warning."""
     if config.model.mixed_precision:
+        explicit = config.model.precision != "auto"
+        wins = f", but precision={config.model.precision!r} is set and wins" if explicit else ""
         warnings.warn(
             f'{source}: `model.mixed_precision` is deprecated; use `model.precision = "mixed_float16"` '
-            '(or "auto", which picks bfloat16 on TPUs and recent GPUs). Read as '
-            f'precision="mixed_float16"'
-            + (
-                ""
-                if config.model.precision == "auto"
-                else f", but precision={config.model.precision!r} is set and wins"
-            ),
+            f'(or "auto", which picks bfloat16 on TPUs and recent GPUs). Read as precision="mixed_float16"{wins}',
             DeprecationWarning,
             stacklevel=3,
         )
-        precision = "mixed_float16" if config.model.precision == "auto" else config.model.precision
+        precision = config.model.precision if explicit else "mixed_float16"
         config = replace(
             config, model=replace(config.model, precision=precision, mixed_precision=False)
         )

@@ -48,6 +48,7 @@ from rsna.metrics import per_label_log_loss, prior_predictions
 from rsna.training.generator import EpochSync
 from rsna.training.losses import WeightedBCE, WeightedLogLoss
 from rsna.training.models import load_model
+from rsna.training.precision import resolve_precision
 
 __all__ = [
     "MONITOR",
@@ -185,7 +186,8 @@ def run_fold(
     start = time.perf_counter()
     split = split_fold(config, fold)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, config.run_dir / runs.CONFIG_FILE)
+    # The run's config.toml records the concrete precision that "auto" picks here.
+    dump_config(resolve_precision(config)[0], config.run_dir / runs.CONFIG_FILE)
     seed_run(config.train.seed + fold, deterministic=config.train.deterministic)
     todo = plan(split)
     best = fit_fold(

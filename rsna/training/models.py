@@ -37,6 +37,7 @@ from rsna.config import Config, ConfigError
 from rsna.data.labels import LABELS
 from rsna.errors import RsnaError
 from rsna.metrics import PRIOR_EPS, logit
+from rsna.training.precision import resolve_precision
 
 __all__ = [
     "BN_MOMENTUM",
@@ -80,11 +81,7 @@ def build_model(config: Config, *, prior: np.ndarray | None = None) -> keras.Mod
     inputs = keras.Input(
         (config.image.size, config.image.size, channels), dtype="uint8", name="image"
     )
-    policy = config.model.precision
-    if policy == "auto":
-        from rsna.training.precision import resolve_precision
-
-        policy = resolve_precision(config)[0].model.precision
+    policy = resolve_precision(config)[0].model.precision
     with dtype_policy(policy):
         x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
         if config.model.backbone == "small_cnn":

@@ -61,7 +61,7 @@ def train_fold(
         rsna.training.fold.TrainError: no folds file, or `fold` is not one of its folds.
     """
 
-    config, precision = resolve_precision(config)  # the run's config.toml records the choice
+    config, precision = resolve_precision(config)
 
     def plan(split: FoldSplit) -> FoldPlan:
         train_gen = _generator(config, split.train_ids, split.labels, train=True)
@@ -189,10 +189,10 @@ def predict_test(config: Config, *, write: bool = True, strategy=None) -> Predic
     per_fold, unreadable = [], []
     models = fold_models(config)
     active = strategy or choose_strategy()
+    replicas = active.num_replicas_in_sync
     for path in models.values():
         with active.scope():
             model = load_model(path)
-        replicas = active.num_replicas_in_sync
         probs, unreadable = predict_images(model, test.present, config, replicas=replicas)
         per_fold.append(probs)
         keras.backend.clear_session()

@@ -48,7 +48,6 @@ from rsna.training.fold import (
 )
 from rsna.training.generator import SeriesGenerator
 from rsna.training.models import build_sequence_model, load_model
-from rsna.training.precision import resolve_precision
 from rsna.training.stage1 import fold_models
 
 __all__ = ["predict_frame", "predict_series", "predict_test", "series_of", "train_fold"]
@@ -79,7 +78,6 @@ def train_fold(
     `strategy` is accepted for the runner's sake; the series model is small and trains
     under the default strategy, in float32.
     """
-    config, _ = resolve_precision(config)  # the run's config.toml says what stage 1 would use
 
     def plan(split: FoldSplit) -> FoldPlan:
         series = _fold_series(config, read_metadata(config.data.work_dir), split.prior)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rsna.config import config_from_dict
+from rsna.config import ConfigError, config_from_dict
 from rsna.training.precision import Device, local_devices, precision_for, resolve_precision
 
 T4, A100, P100, V100 = (Device("GPU", c) for c in ((7, 5), (8, 0), (6, 0), (7, 0)))
@@ -55,5 +55,5 @@ def test_the_old_mixed_precision_key_still_works_with_a_warning():
 def test_jit_compile_takes_auto_or_a_boolean():
     assert config_from_dict({}).train.jit_compile == "auto"
     assert config_from_dict({"train": {"jit_compile": False}}).train.jit_compile is False
-    with pytest.raises(Exception, match="jit_compile"):
+    with pytest.raises(ConfigError, match="jit_compile"):
         config_from_dict({"train": {"jit_compile": "sometimes"}})

@@ -14,6 +14,7 @@ import pytest
 from interrupts import Interrupt, RecordEpochs, StopAfterFirstEpoch
 
 from harness import tiny_experiment
+from rsna.config import load_config
 from rsna.data.folds import read_folds
 from rsna.data.labels import LABELS
 from rsna.data.metadata import read_prepared_labels
@@ -22,6 +23,7 @@ from rsna.evaluate import evaluate
 from rsna.runs import read_history
 from rsna.submission import validate_submission
 from rsna.training.fold import FoldState, TrainError
+from rsna.training.precision import local_devices, precision_for
 from rsna.training.runner import train as train_folds
 from rsna.training.stage1 import predict_test, train_fold
 
@@ -50,6 +52,10 @@ def trained(tiny_work, tmp_path_factory):
 
 def test_fold_outputs(trained, tiny_work):
     config, results = trained
+    # config.toml records the concrete precision that "auto" picked on this machine.
+    saved = load_config(config.run_dir / "config.toml")
+    assert config.model.precision == "auto"
+    assert saved.model.precision == precision_for(local_devices())[0]
     folds = read_folds(tiny_work / "folds.csv")
     assert [r.fold for r in results] == sorted(folds.unique())
     for result in results:

@@ -10,7 +10,7 @@ import pytest
 
 from harness import TINY_CODEC, TINY_SPEC
 from rsna.data.augment import Augment
-from rsna.data.cache import ImageCache, cache_dir
+from rsna.data.cache import CacheError, ImageCache, cache_dir
 from rsna.data.folds import read_folds
 from rsna.data.metadata import read_prepared_labels
 from rsna.training.generator import DataGenerator
@@ -114,5 +114,5 @@ def test_a_store_at_a_url_streams_the_same_samples(data):
     ):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    with pytest.raises(Exception, match="a remote store is streamed"):
+    with pytest.raises(CacheError, match="a remote store is streamed"):
         remote.read(data["train"][0])
