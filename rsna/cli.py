@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -57,6 +58,23 @@ def _fraction(name: str) -> Callable[[str], float]:
         if not 0.0 < value < 1.0:
             raise argparse.ArgumentTypeError(
                 f"`{name}` must be a number in (0, 1). Received: {name}={text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _positive_number(name: str) -> Callable[[str], float]:
+    """An argparse type: a finite number above 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 < value < math.inf:
+            raise argparse.ArgumentTypeError(
+                f"`{name}` must be a positive number. Received: {name}={text!r}"
             )
         return value
 
@@ -200,17 +218,25 @@ def _config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from rsna.training import runner
-    from rsna.training.strategy import choose_strategy
+    from rsna.training.strategy import choose_strategy, cluster_from_env
 
     config = _config(args)
-    results = runner.train(
-        config,
-        args.fold,
-        stage=args.stage,
-        strategy=choose_strategy(args.strategy),
-        force=args.force,
+    cluster = cluster_from_env()
+    if args.stage != 1 and cluster is not None and not cluster.chief:
+        print(f"{cluster.task}: stage {args.stage} trains on the chief alone; nothing to do here")
+        return
+    # Before the runner: MultiWorkerMirroredStrategy must start TensorFlow's runtime itself.
+    strategy = choose_strategy(
+        args.strategy, multi_worker=args.stage == 1, timeout=args.collective_timeout
     )
+    from rsna.training import runner
+
+    results = runner.train(config, args.fold, stage=args.stage, strategy=strategy, force=args.force)
+    if cluster is not None and args.stage == 1 and not cluster.chief:
+        print(
+            f"{cluster.task}: trained {len(results)} fold(s) with the chief, which wrote {config.run_dir}"
+        )
+        return
     print(f"trained {len(results)} stage-{args.stage} fold(s); outputs in {config.run_dir}")
 
 
@@ -501,7 +527,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_arguments(p, folds=True, stage="1: slice model; 2: series model on its embeddings")
     p.add_argument("--force", action="store_true", help="retrain folds that already finished")
-    p.add_argument("--strategy", default="auto", choices=STRATEGIES)
+    p.add_argument(
+        "--strategy",
+        default="auto",
+        choices=STRATEGIES,
+        help="auto: several workers when TF_CONFIG lists them, else a TPU, else every GPU",
+    )
+    p.add_argument(
+        "--collective-timeout",
+        type=_positive_number("collective_timeout"),
+        default=None,
+        metavar="SECONDS",
+        help="with several workers: fail a step that waits longer than this for the others "
+        "(default: no limit; a dead worker is detected by its heartbeats in seconds)",
+    )
     p.set_defaults(run=_train)
 
     p = sub.add_parser(
@@ -601,7 +640,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_tensorflow_quietly()
         run(args)
     except RsnaError as exc:
-        return _fail(f"rsna: error: {exc}", 2)
+        status = _fail(f"rsna: error: {exc}", 2)
+        if exc.exit_now:  # destructors could wait forever on a broken runtime
+            sys.stdout.flush()
+            os._exit(status)
+        return status
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(f"rsna: error: {where}{exc.strerror or exc}", 2)

@@ -14,7 +14,13 @@ __all__ = [
 
 
 class RsnaError(ValueError):
-    """Base class for every error `rsna` raises on bad input."""
+    """Base class for every error `rsna` raises on bad input.
+
+    ``exit_now``: the process cannot clean up safely after this error (TensorFlow's
+    runtime is broken, e.g. a worker was lost); the CLI reports it and exits at once.
+    """
+
+    exit_now: bool = False
 
 
 class DataWarning(UserWarning):

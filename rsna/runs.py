@@ -24,6 +24,7 @@ import pandas as pd
 
 __all__ = [
     "BACKUP",
+    "BACKUP_METADATA",
     "BEST_MODEL",
     "BLEND_PNG",
     "CONFIG_FILE",
@@ -54,6 +55,7 @@ STATE = "state.json"
 SEEDS = "seeds.json"
 HISTORY = "history.csv"
 BACKUP = "backup"
+BACKUP_METADATA = "training_metadata.json"  # in BACKUP, by keras.callbacks.BackupAndRestore
 OOF = "oof.csv"
 CURVES = "curves.png"
 SUMMARY = "summary.json"

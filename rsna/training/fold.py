@@ -27,8 +27,11 @@ a :class:`FoldPlan`: their model, data and OOF prediction.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +48,13 @@ from rsna.data.labels import prior
 from rsna.data.metadata import read_prepared_labels
 from rsna.errors import RsnaError
 from rsna.metrics import per_label_log_loss, prior_predictions
+from rsna.training.distributed import (
+    DistributedError,
+    SyncMovingStatistics,
+    WorkerRole,
+    agree,
+    worker_role,
+)
 from rsna.training.generator import EpochSync
 from rsna.training.losses import WeightedBCE, WeightedLogLoss
 from rsna.training.models import load_model
@@ -64,6 +74,7 @@ __all__ = [
     "fit_fold",
     "fold_numbers",
     "format_summary",
+    "resume_epoch",
     "run_fold",
     "seed_run",
 ]
@@ -91,6 +102,7 @@ class FoldSplit:
     valid_ids: list[str]
     labels: pd.DataFrame  # every labelled image
     prior: np.ndarray  # per-label mean over train_ids
+    start_epoch: int = 0  # where a resumed fit starts (BackupAndRestore's record)
 
 
 def config_folds(config: Config) -> pd.Series:
@@ -144,6 +156,10 @@ class FoldPlan:
         predict_oof: the best model -> OOF probabilities of the fold's images, indexed by
             image ID, and extra fields for ``summary.json``.
         title: the title of the fold's curves.
+        steps_per_epoch, validation_steps: for endless datasets
+            (:func:`rsna.training.distributed.replica_batches`), else None.
+        epoch_source: the generator whose epoch :class:`EpochSync` sets, when
+            `train_data` is not that generator itself.
     """
 
     model: keras.Model
@@ -153,6 +169,9 @@ class FoldPlan:
     patience: int
     predict_oof: Callable[[keras.Model], tuple[pd.DataFrame, dict]]
     title: str
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
+    epoch_source: object = None
 
 
 def run_fold(
@@ -164,6 +183,7 @@ def run_fold(
     force: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    strategy=None,
 ) -> FoldResult:
     """Train fold `fold` of `stage` (resuming an interrupted fit) and write its outputs.
 
@@ -172,11 +192,18 @@ def run_fold(
     (:func:`fit_fold`), predicts the OOF images with the best model and writes
     oof.csv, curves.png and summary.json (:func:`finish_fold`).
 
+    Under a multi-worker `strategy` every worker fits together, and only the chief writes
+    the fold folder and predicts the OOF images. Another worker resumes from the chief's
+    folder and writes its own copies into a temporary folder, removed when the fit ends.
+
     Raises:
         TrainError: no folds file, or `fold` is not one of its folds (nothing is written).
+        rsna.training.distributed.DistributedError: the workers disagree on where to
+            start, or one of them was lost during the fit.
     """
+    role = worker_role(strategy) if strategy is not None else WorkerRole()
     fold_dir = config.fold_dir(fold, stage=stage)
-    if force and fold_dir.exists():
+    if force and role.chief and fold_dir.exists():
         shutil.rmtree(fold_dir)
     if (fold_dir / runs.SUMMARY).exists():
         summary = files.read_json(fold_dir / runs.SUMMARY)
@@ -185,23 +212,88 @@ def run_fold(
         return FoldResult(fold, summary, oof)
     start = time.perf_counter()
     split = split_fold(config, fold)
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    # The run's config.toml records the concrete precision that "auto" picks here.
-    dump_config(resolve_precision(config)[0], config.run_dir / runs.CONFIG_FILE)
-    seed_run(config.train.seed + fold, deterministic=config.train.deterministic)
-    todo = plan(split)
-    best = fit_fold(
-        todo.model,
-        todo.train_data,
-        todo.valid_data,
-        fold_dir=fold_dir,
-        epochs=todo.epochs,
-        patience=todo.patience,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    own_dir = fold_dir if role.chief else _worker_copy(fold_dir, role, fresh=force)
+    try:
+        if role.chief:
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            # The run's config.toml records the concrete precision that "auto" picks here.
+            dump_config(resolve_precision(config)[0], config.run_dir / runs.CONFIG_FILE)
+        split = dataclasses.replace(split, start_epoch=resume_epoch(own_dir))
+        seed_run(config.train.seed + fold, deterministic=config.train.deterministic)
+        with _lost_workers(role):
+            todo = plan(split)
+            agree(
+                strategy,
+                fold=fold,
+                start_epoch=split.start_epoch,
+                train_images=len(split.train_ids),
+                valid_images=len(split.valid_ids),
+            )
+            best = fit_fold(
+                todo,
+                fold_dir=own_dir,
+                start_epoch=split.start_epoch,
+                callbacks=callbacks,
+                verbose=verbose if role.chief else 0,
+            )
+    finally:
+        if not role.chief:
+            shutil.rmtree(own_dir, ignore_errors=True)
+    if not role.chief:
+        print(
+            f"fold {fold}: trained as worker {role.rank}; the chief writes {fold_dir}", flush=True
+        )
+        return FoldResult(fold, {"fold": fold, "worker": role.rank}, pd.DataFrame())
     oof, extra = todo.predict_oof(best)
     return finish_fold(split, fold_dir, oof, title=todo.title, started=start, extra=extra)
+
+
+def resume_epoch(fold_dir: Path) -> int:
+    """The epoch a fit in `fold_dir` resumes at: BackupAndRestore's record, else 0."""
+    path = Path(fold_dir) / runs.BACKUP / runs.BACKUP_METADATA
+    return int(files.read_json(path)["epoch"]) if path.exists() else 0
+
+
+def _worker_copy(fold_dir: Path, role: WorkerRole, *, fresh: bool) -> Path:
+    """A temporary fold folder for a worker that is not the chief, holding copies of the
+    chief's resume files (none when `fresh`)."""
+    own = Path(tempfile.mkdtemp(prefix=f"rsna-worker{role.rank}-{fold_dir.name}-"))
+    if not fresh:
+        for name in (runs.STATE, runs.SEEDS, runs.HISTORY):
+            if (fold_dir / name).exists():
+                shutil.copy2(fold_dir / name, own / name)
+        if (fold_dir / runs.BACKUP).is_dir():
+            shutil.copytree(fold_dir / runs.BACKUP, own / runs.BACKUP)
+    return own
+
+
+@contextlib.contextmanager
+def _lost_workers(role: WorkerRole):
+    """Turn TensorFlow's errors for a lost or silent worker into a :class:`DistributedError`."""
+    if role.workers == 1:
+        yield
+        return
+    import tensorflow as tf
+
+    try:
+        yield
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.AbortedError,
+        tf.errors.CancelledError,
+    ) as exc:
+        lines = [line.strip() for line in str(exc.message).splitlines() if line.strip()]
+        telling = [line for line in lines if any(k in line for k in _LOST)] or lines or [""]
+        raise DistributedError(
+            f"worker {role.rank} of {role.workers} lost the others during training "
+            f"({type(exc).__name__}: {telling[0][:300]}). Restart every worker with the same "
+            "command: the fold resumes from its last finished epoch"
+        ) from exc
+
+
+#: Words of TensorFlow's messages that say which worker went and how.
+_LOST = ("unhealthy", "/job:", "reset by peer", "refused", "Socket closed", "timed out")
 
 
 class FoldState(keras.callbacks.Callback):
@@ -336,31 +428,38 @@ def compile_fold_model(
 
 
 def fit_fold(
-    model: keras.Model,
-    train_data,
-    valid_data,
+    plan: FoldPlan,
     *,
     fold_dir: Path,
-    epochs: int,
-    patience: int,
+    start_epoch: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
 ) -> keras.Model:
-    """``model.fit`` with the resumable callbacks of every stage; returns the best model.
+    """``model.fit`` of `plan` with the resumable callbacks of every stage; returns the
+    best model.
 
     Resumes a killed fit (BackupAndRestore with a double checkpoint), keeps the best
     epoch and the early-stopping count across resumes (:class:`FoldState`), gives the
     training generator its epoch (:class:`EpochSync`) and the random layers their seed
     states (:class:`SeedState`), logs every epoch to history.csv, and stops on NaN. A
-    resumed fit therefore ends exactly as an uninterrupted one. `callbacks` run after
-    these.
+    resumed fit therefore ends exactly as an uninterrupted one. With several replicas,
+    batch norm's statistics are averaged over them before each validation
+    (:class:`~rsna.training.distributed.SyncMovingStatistics`). An endless dataset
+    (``plan.steps_per_epoch``) must begin at `start_epoch`, the epoch the backup
+    restores; a mismatch stops the fit. `callbacks` run after these.
     """
-    state = FoldState(fold_dir, patience=patience)
-    if not state.stopped(epochs):
+    state = FoldState(fold_dir, patience=plan.patience)
+    model = plan.model
+    if not state.stopped(plan.epochs):
+        extra = [] if plan.steps_per_epoch is None else [_StartsAt(start_epoch)]
+        if model.distribute_strategy.num_replicas_in_sync > 1:
+            extra.append(SyncMovingStatistics(model.distribute_strategy))
         model.fit(
-            train_data,
-            validation_data=valid_data,
-            epochs=epochs,
+            plan.train_data,
+            validation_data=plan.valid_data,
+            epochs=plan.epochs,
+            steps_per_epoch=plan.steps_per_epoch,
+            validation_steps=plan.validation_steps,
             shuffle=False,  # the generators own the order
             verbose=verbose,
             callbacks=[
@@ -368,15 +467,32 @@ def fit_fold(
                 keras.callbacks.BackupAndRestore(
                     str(fold_dir / runs.BACKUP), double_checkpoint=True
                 ),
+                *extra,
                 keras.callbacks.CSVLogger(str(fold_dir / runs.HISTORY), append=True),
                 keras.callbacks.TerminateOnNaN(),
-                EpochSync(train_data),
+                EpochSync(plan.train_data if plan.epoch_source is None else plan.epoch_source),
                 SeedState(fold_dir),
                 *callbacks,
             ],
         )
     best = fold_dir / runs.BEST_MODEL
     return load_model(best) if best.exists() else model
+
+
+class _StartsAt(keras.callbacks.Callback):
+    """Stop a fit whose first epoch is not the one its endless dataset starts at."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.expected = epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch != self.expected:
+            raise TrainError(
+                f"the fit resumed at epoch {epoch} but its data starts at epoch "
+                f"{self.expected}; the backup changed while the fold was starting"
+            )
+        self.expected += 1
 
 
 def finish_fold(

@@ -150,7 +150,7 @@ class DataGenerator(keras.utils.PyDataset):
         self._slices = neighbours(self.images.slices, ids, context=context)
         self._owner = os.getpid()
         self._local = threading.local()  # each thread's scratch buffers and last batch
-        self._ring = _Ring.for_workers(self, self._shape) if dtype == "uint8" else None
+        self._ring = _Ring.for_workers(self, self.sample_shape) if dtype == "uint8" else None
 
     @classmethod
     def from_config(
@@ -212,6 +212,11 @@ class DataGenerator(keras.utils.PyDataset):
     def channels(self) -> int:
         return self.spec.channels * (2 * self.context + 1)
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """One sample's shape: (size, size, channels)."""
+        return (self.spec.size, self.spec.size, self.channels)
+
     def __getitem__(self, index: int):
         return self.load_batch(index, epoch=self.epoch)
 
@@ -234,33 +239,73 @@ class DataGenerator(keras.utils.PyDataset):
         of its samples, and a slice read for the previous batch in this process is not
         read again: predicting in series order reads every slice about once.
         """
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        self._check_index(index)
         self._setup_worker()
         rows = self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
         x = self._batch_array(index, len(rows))  # each image is written straight into it
+        kept = self._assemble(x, rows, rng)
+        if not kept.all():
+            x, rows = x[kept], rows[kept]
+        x = self._finish(x)
+        return (x, self._targets[rows]) if self.to_fit else x
+
+    def load_part(self, index: int, *, part: int, parts: int, epoch: int):
+        """Part `part` of `parts` equal parts of batch `index` of `epoch`, as ``(x, y, w)``
+        of exactly ``batch_size // parts`` rows: one replica's share of a global batch.
+
+        The parts of a batch hold its images once each, in order. Rows past the end of
+        the last batch, and images that fail to read, are zeros with weight 0, so every
+        part has the same shape (TPUs, several workers) and the loss and the metric count
+        each real image exactly once. With augmentation, each part draws from
+        ``(seed, epoch, index, part)``: other draws than :meth:`load_batch`'s.
+
+        Raises:
+            GeneratorError: `parts` does not divide the batch size, or `part` is outside it.
+        """
+        self._check_index(index)
+        if not self.to_fit:
+            raise GeneratorError("`load_part` needs a training generator (to_fit=True)")
+        if parts < 1 or self.batch_size % parts or not 0 <= part < parts:
+            raise GeneratorError(
+                f"`parts` must divide batch_size={self.batch_size} and `part` must be in "
+                f"[0, parts). Received: part={part}, parts={parts}"
+            )
+        share = self.batch_size // parts
+        start = index * self.batch_size + part * share
+        rows = self.order(epoch)[start : min(start + share, (index + 1) * self.batch_size)]
+        rng = np.random.default_rng([self.seed, epoch, index, part]) if self.augment else None
+        x = np.zeros((share, *self.sample_shape), np.uint8)
+        y = np.zeros((share, len(LABELS)), np.float32)
+        w = np.zeros(share, np.float32)
+        w[: len(rows)] = self._assemble(x, rows, rng)
+        y[: len(rows)] = self._targets[rows]
+        return self._finish(x), y, w
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+
+    def _assemble(self, x: np.ndarray, rows: np.ndarray, rng) -> np.ndarray:
+        """Write the images of `rows` into ``x[:len(rows)]``, augmented when `rng` is
+        given; which rows were read (a failed one is left as it was)."""
         decoded = self._read_slices(rows) if self.context else None
         kept = np.ones(len(rows), bool)
         for k, row in enumerate(rows):
             kept[k] = self._fill(x[k], int(row), decoded)
             if rng is not None and kept[k]:
                 x[k] = augment(x[k], rng, self.augment, windows=self.spec.channels)
-        if not kept.all():
-            x, rows = x[kept], rows[kept]
+        return kept
+
+    def _finish(self, x: np.ndarray) -> np.ndarray:
+        """The test-time flip and the output dtype."""
         if self.hflip:
             x[...] = x[:, :, ::-1].copy()
         if self.dtype == "float32":
             x = x.astype(np.float32) / np.float32(255.0)
-        if not self.to_fit:
-            return x
-        return x, self._targets[rows]
+        return x
 
     # ------------------------------------------------------------------ internals
-
-    @property
-    def _shape(self) -> tuple[int, int, int]:
-        return (self.spec.size, self.spec.size, self.channels)
 
     def _batch_array(self, index: int, n: int) -> np.ndarray:
         """Where the batch is assembled: a free ring slot in a worker process, else fresh."""
@@ -268,7 +313,7 @@ class DataGenerator(keras.utils.PyDataset):
             slot = self._ring.slot(index, n)
             if slot is not None:
                 return slot
-        return np.empty((n, *self._shape), np.uint8)
+        return np.empty((n, *self.sample_shape), np.uint8)
 
     def _read_slices(self, rows: np.ndarray) -> dict[str, np.ndarray | RsnaError]:
         """Every slice the batch's context stacks need, read once: image ID -> image (or
@@ -534,7 +579,7 @@ def as_tf_dataset(
 
     n = len(generator)
     autotune = tf.data.AUTOTUNE
-    shape = (None, *generator._shape)
+    shape = (None, *generator.sample_shape)
     x_type = tf.uint8 if generator.dtype == "uint8" else tf.float32
 
     def load(step):

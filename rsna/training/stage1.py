@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from rsna.predictions import (
     with_prior,
     write_predictions,
 )
+from rsna.training.distributed import replica_batches, static_batches, worker_role
 from rsna.training.fold import (
     FoldPlan,
     FoldResult,
@@ -62,14 +64,13 @@ def train_fold(
     """
 
     config, precision = resolve_precision(config)
+    active = strategy or choose_strategy()
 
     def plan(split: FoldSplit) -> FoldPlan:
+        if verbose:
+            print(f"{precision}; {worker_role(active).describe(active)}", flush=True)
         train_gen = _generator(config, split.train_ids, split.labels, train=True)
         valid_gen = _generator(config, split.valid_ids, split.labels, train=False)
-        active = strategy or choose_strategy()
-        if verbose:
-            replicas = active.num_replicas_in_sync
-            print(f"{precision}; {type(active).__name__} with {replicas} replica(s)")
         with active.scope():
             model = compile_fold_model(
                 build_model(config, prior=split.prior),
@@ -86,7 +87,16 @@ def train_fold(
             extra = {"train_images": len(train_gen.image_ids), "unreadable_given_prior": unreadable}
             return with_prior(oof, unreadable, split.prior), extra
 
-        return FoldPlan(
+        feed = {}
+        if static_batches(active):  # each worker reads its share, in static shapes
+            feed = {
+                "train_data": replica_batches(active, train_gen, start_epoch=split.start_epoch),
+                "valid_data": replica_batches(active, valid_gen),
+                "steps_per_epoch": len(train_gen),
+                "validation_steps": len(valid_gen),
+                "epoch_source": train_gen,
+            }
+        planned = FoldPlan(
             model,
             train_gen,
             valid_gen,
@@ -95,9 +105,17 @@ def train_fold(
             predict_oof=predict_oof,
             title=f"{config.name}, fold {split.fold}",
         )
+        return dataclasses.replace(planned, **feed)
 
     return run_fold(
-        config, fold, stage=1, plan=plan, force=force, callbacks=callbacks, verbose=verbose
+        config,
+        fold,
+        stage=1,
+        plan=plan,
+        force=force,
+        callbacks=callbacks,
+        verbose=verbose,
+        strategy=active,
     )
 
 
