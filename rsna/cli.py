@@ -47,38 +47,26 @@ def _integer(name: str, *, low: int) -> Callable[[str], int]:
     return parse
 
 
+def _number(
+    name: str, *, high: float = math.inf, rule: str = "a positive number"
+) -> Callable[[str], float]:
+    """An argparse type: a finite number strictly between 0 and `high`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 < value < high:
+            raise argparse.ArgumentTypeError(f"`{name}` must be {rule}. Received: {name}={text!r}")
+        return value
+
+    return parse
+
+
 def _fraction(name: str) -> Callable[[str], float]:
     """An argparse type: a finite number strictly between 0 and 1."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not 0.0 < value < 1.0:
-            raise argparse.ArgumentTypeError(
-                f"`{name}` must be a number in (0, 1). Received: {name}={text!r}"
-            )
-        return value
-
-    return parse
-
-
-def _positive_number(name: str) -> Callable[[str], float]:
-    """An argparse type: a finite number above 0."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not 0.0 < value < math.inf:
-            raise argparse.ArgumentTypeError(
-                f"`{name}` must be a positive number. Received: {name}={text!r}"
-            )
-        return value
-
-    return parse
+    return _number(name, high=1.0, rule="a number in (0, 1)")
 
 
 def _folder(name: str) -> Callable[[str], Path]:
@@ -535,7 +523,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--collective-timeout",
-        type=_positive_number("collective_timeout"),
+        type=_number("collective_timeout"),
         default=None,
         metavar="SECONDS",
         help="with several workers: fail a step that waits longer than this for the others "

@@ -47,6 +47,8 @@ def files_under(folder: Path) -> list[Path]:
         (["folds", "{tmp}/w", "--n-folds", "1"], "`n_folds` must be >= 2"),
         (["train", "demo", "--fold", "x"], "`fold` must be an integer. Received: fold='x'"),
         (["train", "demo", "--fold", "0,-1"], "`fold` must be >= 0"),
+        (["train", "demo", "--collective-timeout", "0"], "`collective_timeout` must be a positive number. Received: collective_timeout='0'"),
+        (["train", "demo", "--collective-timeout", "inf"], "`collective_timeout` must be a positive number"),
         (["demo", "--out", "{tmp}/file"], "`out` must be a folder"),
     ],
 )  # fmt: skip
@@ -83,6 +85,41 @@ def test_bad_config_values_fail_at_load_before_anything_is_written(
         capsys, "train", "demo", "--set", f"data.work_dir='{tiny_work}'", "--set", f"data.out_dir='{out}'", "--set", setting
     )  # fmt: skip
     assert status == 2 and "rsna: error:" in err and message in err, err
+    assert not out.exists()
+
+
+TWO_WORKERS = '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": %s}}'
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "argv", "message"),
+    [
+        (None, ["--strategy", "multiworker"], "needs TF_CONFIG listing 2 or more workers"),
+        ("{bad", [], "TF_CONFIG is not JSON"),
+        (TWO_WORKERS % 5, [], "`task.index` must be an integer in [0, 2)"),
+    ],
+)
+def test_a_cluster_that_cannot_train_is_refused_before_anything_starts(
+    tiny_work, tmp_path, capsys, monkeypatch, tf_config, argv, message
+):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    out = tmp_path / "run"
+    status, err = run(
+        capsys, "train", "demo", "--set", f"data.work_dir='{tiny_work}'", "--set", f"data.out_dir='{out}'", *argv
+    )  # fmt: skip
+    assert status == 2 and "rsna: error:" in err and message in err, err
+    assert not out.exists()
+
+
+def test_stage_2_leaves_the_other_workers_idle(tiny_work, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", TWO_WORKERS % 1)
+    out = tmp_path / "run"
+    status = main(["train", "demo", "--stage", "2", "--set", f"data.work_dir='{tiny_work}'", "--set", f"data.out_dir='{out}'"])  # fmt: skip
+    assert status == 0
+    assert "worker:1: stage 2 trains on the chief alone" in capsys.readouterr().out
     assert not out.exists()
 
 

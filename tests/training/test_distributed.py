@@ -323,10 +323,18 @@ def _start_workers(toml: Path, records: Path, *, slow: bool = False) -> list[sub
 
 
 def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    """Each process's status, stdout and stderr; a process still running after 300 s is a
+    hang: every process is killed and the test fails."""
     out = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=300)
-        out.append((proc.returncode, stdout, stderr))
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=300)
+            out.append((proc.returncode, stdout, stderr))
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        tails = [proc.communicate()[1][-2000:] for proc in procs]
+        pytest.fail(f"a worker hung; their stderr: {tails}")
     return out
 
 
