@@ -201,7 +201,7 @@ def run_fold(
         rsna.training.distributed.DistributedError: the workers disagree on where to
             start, or one of them was lost during the fit.
     """
-    role = worker_role(strategy) if strategy is not None else WorkerRole()
+    role = worker_role(strategy)  # the only worker unless the strategy is multi-worker
     fold_dir = config.fold_dir(fold, stage=stage)
     if force and role.chief and fold_dir.exists():
         shutil.rmtree(fold_dir)
