@@ -238,11 +238,12 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _run_config(path: str):
-    """A config file, or a run folder holding the config.toml that training saved."""
-    from rsna.config import load_config
+    """A shipped config's name, a config file, or a run folder holding the config.toml that
+    training saved (a path, by :func:`rsna.config.is_config_name`'s rule)."""
+    from rsna.config import is_config_name, load_config
 
     target = Path(path)
-    if target.is_dir():
+    if not is_config_name(path) and target.is_dir():
         target = target / "config.toml"
     return load_config(target)
 
@@ -334,7 +335,10 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, seed=args.seed, workers=args.workers, overrides=overrides)
 
 
-CONFIG_HELP = "a config TOML file, or the name of a shipped config (demo, baseline)"
+CONFIG_HELP = (
+    "the name of a shipped config (demo, baseline, kaggle, strong), or a path: a name with "
+    "no folder and no .toml is always a shipped config, so write ./my.toml for a file"
+)
 
 
 def _workers_argument(p: argparse.ArgumentParser) -> None:
@@ -574,7 +578,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common], name="evaluate", help="score out-of-fold predictions against the prior"
     )
-    p.add_argument("target", metavar="RUN", help="a config, or a run folder (its config.toml)")
+    p.add_argument(
+        "target",
+        metavar="RUN",
+        help="a shipped config's name, a config file, or a run folder (a path: its config.toml)",
+    )
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser(

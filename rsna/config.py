@@ -68,6 +68,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "dump_config",
+    "is_config_name",
     "load_config",
     "parse_override",
     "shipped_configs",
@@ -248,27 +249,43 @@ def shipped_configs() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+def is_config_name(path_or_name: str | os.PathLike[str]) -> bool:
+    """True for the name of a shipped config: no folder separator and no ``.toml`` ending.
+
+    The rule is lexical, so a file or folder in the current directory never shadows a
+    shipped config: ``demo`` is always the shipped one, ``./demo.toml`` a file.
+    """
+    text = os.fspath(path_or_name)
+    separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return bool(text) and not any(s in text for s in separators) and not text.endswith(".toml")
+
+
 def load_config(
     path_or_name: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None
 ) -> Config:
     """Read a TOML config, by path or by the name of a shipped one (``"demo"``).
 
+    A name without a folder separator and without ``.toml`` (see :func:`is_config_name`)
+    is always a shipped config; anything else is a path.
     `overrides` maps ``"section.key"`` to values (from ``--set``).
 
     Raises:
         ConfigError: no such file or shipped config, unreadable TOML, an unknown
             section or key, or a bad value.
     """
-    path = Path(path_or_name)
-    if not path.exists() and path.suffix == "" and path.name == str(path_or_name):
-        resource = resources.files("rsna") / "configs" / f"{path.name}.toml"
+    if is_config_name(path_or_name):
+        name = os.fspath(path_or_name)
+        resource = resources.files("rsna") / "configs" / f"{name}.toml"
         if not resource.is_file():
+            close = difflib.get_close_matches(name, shipped_configs(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"{path}: no such config file, and no shipped config of that name; "
-                f"shipped: {', '.join(shipped_configs())}"
+                f"{name!r} is not a shipped config{hint} (shipped: {', '.join(shipped_configs())}). "
+                f"A config file must be named with a folder or .toml: ./{name}.toml"
             )
         with resources.as_file(resource) as shipped:
             return load_config(shipped, overrides=overrides)
+    path = Path(path_or_name)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -11,6 +11,7 @@ from rsna.config import (
     ConfigError,
     config_from_dict,
     dump_config,
+    is_config_name,
     load_config,
     parse_override,
     shipped_configs,
@@ -166,10 +167,28 @@ def test_empty_optional_path_is_none_and_paths_resolve(tmp_path):
 def test_a_shipped_config_by_name_with_overrides():
     config = load_config("demo", overrides={"model.backbone": "ResNet50", "image.size": 64})
     assert (config.name, config.model.backbone, config.image.size) == ("demo", "ResNet50", 64)
-    with pytest.raises(
-        ConfigError, match="no shipped config of that name; shipped: baseline, demo"
-    ):
+    with pytest.raises(ConfigError, match="'demmo' is not a shipped config; did you mean 'demo'"):
         load_config("demmo")
+
+
+def test_a_folder_or_file_in_the_cwd_never_shadows_a_shipped_config(tmp_path, monkeypatch, capsys):
+    """After `rsna demo`, ./demo/ is a folder (and a user may keep a file named baseline):
+    bare names still mean the shipped configs, and paths still mean files."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo" / "work" / "runs").mkdir(parents=True)
+    (tmp_path / "baseline").write_text("not toml [")
+    (tmp_path / "mine.toml").write_text('name = "mine"\n[train]\nepochs = 3\n')
+    shipped = load_config(CONFIGS / "demo.toml")
+    assert load_config("demo") == shipped
+    assert load_config("baseline") == load_config(CONFIGS / "baseline.toml")
+    assert is_config_name("demo") and not is_config_name("./demo") and not is_config_name("a.toml")
+    assert load_config("mine.toml").train.epochs == 3
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config("./demo")
+    from rsna.cli import main
+
+    status = main(["train", "demo", "--fold", "7", "--set", f"data.work_dir='{tmp_path}/none'"])
+    assert status == 2 and "Is a directory" not in capsys.readouterr().err
 
 
 def test_weights_take_imagenet_by_name_and_a_path_otherwise(tmp_path):
