@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -91,15 +92,6 @@ def _fold_list(text: str) -> str | list[int]:
     return [parse(part.strip()) for part in text.split(",")]
 
 
-def _windows(text: str):
-    from rsna.data.windowing import parse_windows
-
-    try:
-        return parse_windows(text)
-    except RsnaError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors worded like every other rsna error."""
 
@@ -162,13 +154,11 @@ def _folds(args: argparse.Namespace) -> None:
 
 def _preprocess(args: argparse.Namespace) -> None:
     from rsna.data.cache import build_cache
-    from rsna.data.codecs import codec_for
-    from rsna.data.sources import ImageSpec
 
-    spec = ImageSpec(size=args.size, windows=args.windows, curve=args.curve, crop=args.crop)
-    codec = codec_for(args.compression, quality=args.quality)
+    config = _config(args)
+    spec, codec = config.image.spec, config.codec
     result = build_cache(
-        args.work_dir,
+        config.data.work_dir,
         spec,
         codec=codec,
         out=args.out,
@@ -198,17 +188,39 @@ def _preprocess(args: argparse.Namespace) -> None:
     )
 
 
-def _config(args: argparse.Namespace):
-    from rsna.config import load_config, parse_override
+def _command_line(command: str, args: argparse.Namespace) -> str:
+    """`command` with this invocation's config and --set options, quoted for a shell."""
+    words = ["rsna", command, args.config]
+    for item in args.set or []:
+        words += ["--set", item]
+    return shlex.join(words)
 
+
+def _config(args: argparse.Namespace, *, store: bool = False):
+    """The config of a command; with `store`, its store is checked first (the error
+    quotes the exact ``rsna preprocess`` command that builds it)."""
+    from rsna.config import ConfigError, load_config, parse_override
+
+    target = Path(args.config)
+    if target.is_dir() and (target / "prepare.json").is_file():
+        raise ConfigError(
+            f"`{args.command}` takes a config, not a work folder: the config names its work "
+            f"folder and store. Received: {args.config!r}; e.g. `rsna {args.command} baseline "
+            f"--set data.work_dir={shlex.quote(repr(str(target)))}`"
+        )
     overrides = dict(parse_override(item) for item in args.set or [])
-    return load_config(args.config, overrides=overrides)
+    config = load_config(args.config, overrides=overrides)
+    if store:
+        from rsna.preflight import check_store
+
+        check_store(config, command=_command_line("preprocess", args))
+    return config
 
 
 def _train(args: argparse.Namespace) -> None:
     from rsna.training.strategy import choose_strategy, cluster_from_env
 
-    config = _config(args)
+    config = _config(args, store=args.stage == 1)
     cluster = cluster_from_env()
     if args.stage != 1 and cluster is not None and not cluster.chief:
         print(f"{cluster.task}: stage {args.stage} trains on the chief alone; nothing to do here")
@@ -232,7 +244,8 @@ def _embed(args: argparse.Namespace) -> None:
     from rsna.training.embed import embed_folds
     from rsna.training.strategy import choose_strategy
 
-    written = embed_folds(_config(args), args.fold, strategy=choose_strategy(args.strategy))
+    config = _config(args, store=True)
+    written = embed_folds(config, args.fold, strategy=choose_strategy(args.strategy))
     for paths in written:
         print(", ".join(str(p) for p in paths.values()))
 
@@ -304,7 +317,7 @@ def _predict(args: argparse.Namespace) -> None:
     from rsna.training import runner
     from rsna.training.strategy import choose_strategy
 
-    config = _config(args)  # argparse has checked that --stage is 1 or 2
+    config = _config(args, store=args.stage == 1)  # argparse has checked --stage
     result = runner.predict(config, stage=args.stage, strategy=choose_strategy(args.strategy))
     report = result.report
     views = report["tta"] if args.stage == 1 else f"reverse={report['tta_reverse']}"
@@ -399,8 +412,6 @@ def _common() -> argparse.ArgumentParser:
 
 def _parser() -> argparse.ArgumentParser:
     from rsna.blend import WEIGHTINGS
-    from rsna.data.codecs import COMPRESSIONS
-    from rsna.data.crop import CROPS
     from rsna.stack import STACKERS
     from rsna.training.strategy import STRATEGIES
 
@@ -468,35 +479,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="preprocess",
-        help="window every slice once into a sharded uint8 cache",
+        help="window every slice once into the store a config reads (its size, windows, "
+        "curve, crop, compression and quality)",
     )
-    p.add_argument("work_dir", help="a prepared work folder")
-    p.add_argument("--size", type=_integer("size", low=1), default=256)
-    p.add_argument(
-        "--windows",
-        type=_windows,
-        default="brain,subdural,soft",
-        help="names or center/width, comma-separated",
-    )
-    p.add_argument("--curve", choices=["linear", "sigmoid"], default="linear")
-    p.add_argument(
-        "--crop",
-        choices=CROPS,
-        default="none",
-        help="head: cut each slice to the square around the head before resizing",
-    )
-    p.add_argument(
-        "--compression",
-        choices=COMPRESSIONS,
-        default="lossless",
-        help="none (raw), lossless (zstd, the default) or lossy (JPEG)",
-    )
-    p.add_argument(
-        "--quality",
-        type=_integer("quality", low=1),
-        default=None,
-        help="JPEG quality of --compression lossy (default 95)",
-    )
+    _config_arguments(p)
     _parts_arguments(p)
     p.add_argument(
         "--shard-size",
@@ -508,9 +494,9 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         type=_folder("out"),
         default=None,
-        help="cache folder (default: WORK/cache/<size>_<windows>)",
+        help="store folder (default: WORK/cache/<size>_<windows>_<codec>, where training looks)",
     )
-    p.add_argument("--force", action="store_true", help="replace a cache made with other options")
+    p.add_argument("--force", action="store_true", help="replace a store made with other options")
     _workers_argument(p)
     p.set_defaults(run=_preprocess)
 

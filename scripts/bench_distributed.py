@@ -42,7 +42,7 @@ strategy = {
     "mirrored_1cpu": lambda: tf.distribute.MirroredStrategy(["/cpu:0"]),
     "mirrored_2cpu": lambda: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
 }[name]()
-config = config_from_dict({"image": {"size": size, "context": 0}, "model": {"backbone": "small_cnn"}})
+config = config_from_dict({"image": {"size": size, "context": 0}, "model": {"backbone": "small_cnn", "weights": "random"}})
 with strategy.scope():
     model = compile_fold_model(build_model(config), learning_rate=1e-3, label_weights=(1, 1, 1, 1, 1, 2), jit_compile=jit)
 rng = np.random.default_rng(0)

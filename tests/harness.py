@@ -89,7 +89,7 @@ def tiny_experiment(work: Path, out: Path, *, name: str, **sections: dict):
     base = {
         "data": {"work_dir": str(work), "out_dir": str(out)},
         "image": {"size": 32},
-        "model": {"backbone": "small_cnn"},
+        "model": {"backbone": "small_cnn", "weights": "random"},
         "train": {"batch_size": 16, "warmup_epochs": 0, "deterministic": True},
         "predict": {"batch_size": 16},
     }

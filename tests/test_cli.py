@@ -40,10 +40,11 @@ def files_under(folder: Path) -> list[Path]:
         (["synth", "{tmp}/file"], "`out` must be a folder. Received: out="),
         (["prepare", "{tmp}/c", "--out", "{tmp}/file"], "`out` must be a folder"),
         (["prepare", "{tmp}/c", "--out", "{tmp}/w", "--workers", "0"], "`workers` must be positive"),
-        (["preprocess", "{tmp}/w", "--size", "-1"], "`size` must be positive"),
-        (["preprocess", "{tmp}/w", "--out", "{tmp}/file"], "`out` must be a folder"),
-        (["preprocess", "{tmp}/w", "--windows", "brain,lung"], "Unknown window 'lung'"),
-        (["preprocess", "{tmp}/w", "--shard-size", "0"], "`shard_size` must be positive"),
+        (["preprocess", "demo", "--set", "image.size=-1"], "`image.size` must be >= 32"),
+        (["preprocess", "demo", "--out", "{tmp}/file"], "`out` must be a folder"),
+        (["preprocess", "demo", "--set", "image.windows='brain,lung'"], "Unknown window 'lung'"),
+        (["preprocess", "demo", "--set", "data.compression='gzip'"], "`data.compression` must be one of"),
+        (["preprocess", "demo", "--shard-size", "0"], "`shard_size` must be positive"),
         (["folds", "{tmp}/w", "--n-folds", "1"], "`n_folds` must be >= 2"),
         (["train", "demo", "--fold", "x"], "`fold` must be an integer. Received: fold='x'"),
         (["train", "demo", "--fold", "0,-1"], "`fold` must be >= 0"),
@@ -108,7 +109,7 @@ def test_a_cluster_that_cannot_train_is_refused_before_anything_starts(
         monkeypatch.setenv("TF_CONFIG", tf_config)
     out = tmp_path / "run"
     status, err = run(
-        capsys, "train", "demo", "--set", f"data.work_dir='{tiny_work}'", "--set", f"data.out_dir='{out}'", *argv
+        capsys, "train", "demo", "--set", f"data.work_dir='{tiny_work}'", "--set", f"data.out_dir='{out}'", "--set", "image.size=32", *argv
     )  # fmt: skip
     assert status == 2 and "rsna: error:" in err and message in err, err
     assert not out.exists()
@@ -132,14 +133,16 @@ def test_a_config_that_is_not_utf8(tmp_path, capsys):
 
 def test_wrong_inputs_write_nothing(tiny_work, tmp_path, capsys):
     # preprocess on a folder that was never prepared: no cache.json left behind
-    status, err = run(capsys, "preprocess", tmp_path / "nowork", "--out", tmp_path / "cache")
+    status, err = run(
+        capsys, "preprocess", "demo", "--set", f"data.work_dir='{tmp_path / 'nowork'}'", "--out", tmp_path / "cache"
+    )  # fmt: skip
     assert status == 2 and "metadata.parquet: missing; run `rsna prepare` first" in err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "nowork").exists()
     # train a fold that folds.csv does not have: no fold_99/ left behind
     config = tmp_path / "c.toml"
     config.write_text(
         f'[data]\nwork_dir = "{tiny_work}"\nout_dir = "{tmp_path / "run"}"\n[image]\nsize = 32\n'
-        '[model]\nbackbone = "small_cnn"\n'
+        '[model]\nbackbone = "small_cnn"\nweights = "random"\n'
     )
     status, err = run(capsys, "train", config, "--fold", "99")
     assert status == 2 and "`fold` must be one of [0, 1, 2]. Received: fold=99" in err
@@ -199,7 +202,7 @@ def test_a_tampered_or_truncated_model_file(tiny_work, tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text(
         f'[data]\nwork_dir = "{tiny_work}"\nout_dir = "{tmp_path / "run"}"\n[image]\nsize = 32\n'
-        '[model]\nbackbone = "small_cnn"\n'
+        '[model]\nbackbone = "small_cnn"\nweights = "random"\n'
     )
     best = tmp_path / "run" / "fold_0" / "best.keras"
     best.parent.mkdir(parents=True)
@@ -239,7 +242,7 @@ def test_the_console_is_quiet_unless_verbose(tiny_work, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(
         f'[data]\nwork_dir = "{tiny_work}"\nout_dir = "{tmp_path / "run"}"\n[image]\nsize = 32\n'
-        '[model]\nbackbone = "small_cnn"\n[train]\nepochs = 1\nwarmup_epochs = 0\n'
+        '[model]\nbackbone = "small_cnn"\nweights = "random"\n[train]\nepochs = 1\nwarmup_epochs = 0\n'
         '[predict]\ntta = ["none"]\n'
     )
     env = {**os.environ, "RSNA_PROGRESS": "0"}

@@ -59,11 +59,12 @@ __all__ = [
     "INDEX_FILE",
     "SPEC_FILE",
     "CacheError",
+    "StoreMissing",
     "CacheResult",
     "ImageCache",
     "build_cache",
-    "built_cache",
     "cache_dir",
+    "complete_store",
     "plan_shards",
 ]
 
@@ -81,10 +82,29 @@ def cache_dir(work_dir: str | os.PathLike[str], spec: ImageSpec, codec: Codec) -
     return Path(work_dir) / "cache" / f"{spec.name}_{codec.tag}"
 
 
-def built_cache(work_dir: str | os.PathLike[str], spec: ImageSpec, codec: Codec) -> Path | None:
-    """The default store folder if ``rsna preprocess`` has started it, else None."""
+class StoreMissing(CacheError):
+    """A config reads a store (``data.cache = true``) that is not built, or not finished."""
+
+
+def complete_store(work_dir: str | os.PathLike[str], spec: ImageSpec, codec: Codec) -> Path:
+    """The finished store of `spec` and `codec` in a work folder.
+
+    Raises:
+        StoreMissing: the store is absent or unfinished; the message names the folder
+            and the stores the work folder holds instead (a config never falls back to
+            reading the DICOMs in silence).
+    """
     path = cache_dir(work_dir, spec, codec)
-    return path if (path / SPEC_FILE).exists() else None
+    stored = files.read_json(path / SPEC_FILE) if (path / SPEC_FILE).is_file() else None
+    if stored is not None and stored.get("complete"):
+        return path
+    state = "is unfinished (rerun the same command: it resumes)" if stored else "is not built"
+    others = sorted(p.parent.name for p in (Path(work_dir) / "cache").glob(f"*/{SPEC_FILE}"))
+    others = [name for name in others if name != path.name]
+    found = f"; the work folder holds only: {', '.join(others)}" if others else ""
+    raise StoreMissing(
+        f"the store this config reads ({spec.describe()}, codec={codec.tag}) {state}: {path}{found}"
+    )
 
 
 def plan_shards(order: pd.DataFrame, shard_size: int) -> list[range]:

@@ -20,6 +20,7 @@ import numpy as np
 from rsna import files, runs
 from rsna.config import Config
 from rsna.predictions import PredictError, test_images
+from rsna.preflight import check_store
 from rsna.training.fold import config_folds, fold_numbers
 from rsna.training.models import load_model
 from rsna.training.stage1 import predict_views
@@ -82,7 +83,10 @@ def embed_images(
 def embed_folds(
     config: Config, folds: str | Sequence[int] = "all", *, strategy=None
 ) -> list[dict[str, Path]]:
-    """``rsna embed``: out-of-fold and (when there is a sample submission) test embeddings."""
+    """``rsna embed``: out-of-fold and (when there is a sample submission) test embeddings.
+    The store is checked first (:func:`rsna.preflight.check_store`)."""
+    numbers = fold_numbers(config, folds)
+    check_store(config)
     try:
         test_ids = test_images(config.data.work_dir).present
     except PredictError:
@@ -90,5 +94,5 @@ def embed_folds(
     strategy = strategy or choose_strategy()
     return [
         embed_fold(config, k, test_ids=test_ids, strategy=strategy)
-        for k in fold_numbers(config, folds)
+        for k in numbers
     ]

@@ -47,7 +47,7 @@ import pandas as pd
 
 from rsna.config import Config
 from rsna.data.augment import Augment, augment
-from rsna.data.cache import ImageCache, built_cache
+from rsna.data.cache import ImageCache, complete_store
 from rsna.data.crop import Crop
 from rsna.data.labels import LABELS
 from rsna.data.series import Series, distort, epoch_order, neighbours, reversed_series
@@ -160,15 +160,15 @@ class DataGenerator(keras.utils.PyDataset):
         labels: pd.DataFrame | None = None,
         **options,
     ) -> DataGenerator:
-        """A generator of `config`'s images: the cache when ``data.cache`` allows and it is
-        built, else the DICOMs; its size, windows and context. `options` go to the
+        """A generator of `config`'s images: its store with ``data.cache = true`` (which
+        must be complete: :class:`~rsna.data.cache.StoreMissing` otherwise), the DICOMs
+        with ``data.cache = false``; its size, windows and context. `options` go to the
         constructor (batch_size, shuffle, augment, to_fit, ...)."""
-        cache = (
-            built_cache(config.data.work_dir, config.image.spec, config.codec)
+        source = (
+            {"cache": complete_store(config.data.work_dir, config.image.spec, config.codec)}
             if config.data.cache
-            else None
+            else {"work_dir": config.data.work_dir}
         )
-        source = {"cache": cache} if cache is not None else {"work_dir": config.data.work_dir}
         return cls(
             image_ids,
             labels,

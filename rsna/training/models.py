@@ -7,8 +7,9 @@ then gets the input scaling its pretrained weights expect (the table's ``scaling
 built from standard layers (Rescaling, Normalization) so models load with
 ``safe_mode=True``.
 
-``model.weights`` is None (random init), a local Keras weights file of the backbone
-without its top, or "imagenet" (downloaded; only when asked). Each backbone gets the
+``model.weights`` is "random" (random init; so is None here, which ``rsna train``
+refuses before this is reached: rsna.preflight), a local Keras weights file of the
+backbone without its top, or "imagenet" (downloaded; only when asked). Each backbone gets the
 input layers its weights were trained with, EfficientNet's imagenet-only rescaling
 included. Pretrained stems take 3 channels; with more (context slices), a 1x1
 convolution that starts as the centre slice's windows maps them to 3 first.
@@ -127,7 +128,7 @@ def small_cnn(
 
 def _backbone(x: keras.KerasTensor, config: Config, channels: int) -> keras.KerasTensor:
     backbone = BACKBONES[config.model.backbone]
-    weights = config.model.weights
+    weights = None if config.model.weights == "random" else config.model.weights
     if weights is not None and channels != 3:  # pretrained stems take 3 channels
         x = context_adapter(x, windows=len(config.image.windows), context=config.image.context)
         channels = 3

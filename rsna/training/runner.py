@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from rsna.config import Config
 from rsna.predictions import PredictResult
+from rsna.preflight import check_store, resolve_weights
 from rsna.training import stage1, stage2
 from rsna.training.fold import FoldResult, TrainError, fold_numbers
 
@@ -34,12 +35,19 @@ def train(
 
     Stage 2 embeds with stage 1's fold models first where that is not done yet.
     `kwargs` go to the stage's ``train_fold`` (strategy, callbacks, force, verbose).
+    Before any work, stage 1 checks its weights and its store (:mod:`rsna.preflight`).
     """
     module = _stage(stage)
-    return [module.train_fold(config, k, **kwargs) for k in fold_numbers(config, folds)]
+    numbers = fold_numbers(config, folds)
+    if stage == 1:
+        config = resolve_weights(config)
+        check_store(config)
+    return [module.train_fold(config, k, **kwargs) for k in numbers]
 
 
 def predict(config: Config, *, stage: int = 1, strategy=None) -> PredictResult:
     """Predict the test set with every fold model of `stage` (the slice models under
-    `strategy`, on every device); write its submission."""
+    `strategy`, on every device); write its submission. Stage 1 checks its store first."""
+    if stage == 1:
+        check_store(config)
     return _stage(stage).predict_test(config, strategy=strategy)

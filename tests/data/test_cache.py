@@ -21,6 +21,7 @@ from rsna.data.cache import (
     ImageCache,
     build_cache,
     cache_dir,
+    complete_store,
     plan_shards,
 )
 from rsna.data.codecs import codec_for
@@ -261,34 +262,25 @@ def test_kill_then_rerun_gives_the_uninterrupted_cache_byte_for_byte(tiny_work, 
     assert not list(resumed.glob(".*partial*"))
 
 
-def test_cli_preprocess(tiny_work, tmp_path, capsys):
-    out = tmp_path / "c"
-    args = [
-        "preprocess",
-        str(tiny_work),
-        "--size",
-        "16",
-        "--windows",
-        "brain,bone",
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-    ]
+def test_cli_preprocess_builds_the_store_its_config_reads(tiny_work, tmp_path, capsys):
+    """`rsna preprocess CONFIG` writes where `DataGenerator.from_config` looks, with the
+    config's size, windows, crop and codec; --set changes both alike."""
+    from rsna.config import load_config, parse_override
+
+    sets = [f"data.work_dir='{tiny_work}'", "image.size=32", "image.windows='brain,bone'",
+            "image.crop='head'", "data.compression='lossy'", "data.quality=90"]  # fmt: skip
+    args = ["preprocess", "demo", *(w for s in sets for w in ("--set", s)), "--workers", "1"]
     assert main(args) == 0
     assert "2 unreadable (zeros)" in capsys.readouterr().out
-    assert ImageCache(out, expect=ImageSpec(size=16, windows=(BRAIN, BONE))).shape == (16, 16, 2)
-    assert main([*args[:-4], "--windows", "lung", "--out", str(out)]) == 2
-    assert "Unknown window 'lung'" in capsys.readouterr().err
-    assert main([*args, "--compression", "gzip"]) == 2
-    assert "argument --compression: invalid choice: 'gzip'" in capsys.readouterr().err
-    assert main([*args, "--compression", "lossless", "--quality", "90"]) == 2
-    assert (
-        "`quality` applies to lossy compression only. Received: quality=90"
-        in capsys.readouterr().err
-    )
+    config = load_config("demo", overrides={k: v for k, v in (parse_override(s) for s in sets)})
+    store = complete_store(tiny_work, config.image.spec, config.codec)
+    cache = ImageCache(store, expect=config.image.spec, codec=config.codec)
+    assert cache.shape == (32, 32, 2) and config.image.spec.crop == "head"
     assert main([*args, "--num-shards", "2", "--shard-index", "5"]) == 2
     assert (
         "`shard_index` must be in [0, num_shards=2). Received: shard_index=5"
         in capsys.readouterr().err
     )
+    # the old form, a work folder in the config's place, says what to write instead
+    assert main(["preprocess", str(tiny_work)]) == 2
+    assert "takes a config, not a work folder" in capsys.readouterr().err

@@ -180,7 +180,7 @@ from rsna.training.models import build_model
 from rsna.training.losses import WeightedBCE, WeightedLogLoss
 from rsna.training.strategy import choose_strategy
 strategy = choose_strategy("mirrored")
-config = config_from_dict({"image": {"size": 32, "context": 0}, "model": {"backbone": "small_cnn"}})
+config = config_from_dict({"image": {"size": 32, "context": 0}, "model": {"backbone": "small_cnn", "weights": "random"}})
 with strategy.scope():
     model = build_model(config)
     model.compile(optimizer="adam", loss=WeightedBCE(), metrics=[WeightedLogLoss()])
@@ -208,7 +208,7 @@ def test_cli_train_evaluate_predict_validate(tiny_work, tiny_competition, tmp_pa
     path = tmp_path / "exp.toml"
     path.write_text(
         f'name = "cli"\n[data]\nwork_dir = "{tiny_work}"\nout_dir = "{tmp_path / "run"}"\n'
-        '[image]\nsize = 32\ncontext = 0\n[model]\nbackbone = "small_cnn"\n'
+        '[image]\nsize = 32\ncontext = 0\n[model]\nbackbone = "small_cnn"\nweights = "random"\n'
         '[train]\nepochs = 1\nwarmup_epochs = 0\nbatch_size = 16\n[predict]\ntta = ["none"]\n'
     )
     with warnings.catch_warnings():

@@ -82,7 +82,7 @@ def test_static_shapes_pad_and_mask_the_last_batch_and_score_the_same(data):
     real = len(ids) % 8
     assert last_w.tolist() == [1.0] * real + [0.0] * (8 - real) and not last_x[real:].any()
     config = config_from_dict(
-        {"image": {"size": TINY_SPEC.size, "context": 0}, "model": {"backbone": "small_cnn"}}
+        {"image": {"size": TINY_SPEC.size, "context": 0}, "model": {"backbone": "small_cnn", "weights": "random"}}
     )
     model = compile_fold_model(
         build_model(config), learning_rate=1e-3, label_weights=(1, 1, 1, 1, 1, 2)
