@@ -504,7 +504,14 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common], name="train", help="train folds of a config (resumes an interrupted fold)"
     )
     _config_arguments(p, folds=True, stage="1: slice model; 2: series model on its embeddings")
-    p.add_argument("--force", action="store_true", help="retrain folds that already finished")
+    p.add_argument(
+        "--retrain",
+        "--force",
+        dest="force",
+        action="store_true",
+        help="train the chosen folds anew, replacing what they hold (a finished fold, or "
+        "one trained with other config values, which is otherwise an error)",
+    )
     p.add_argument(
         "--strategy",
         default="auto",

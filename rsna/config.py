@@ -69,6 +69,8 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "dump_config",
+    "experiment_changes",
+    "experiment_record",
     "is_config_name",
     "load_config",
     "parse_override",
@@ -537,6 +539,46 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             table[key] = value
         out[name] = table
     return out
+
+
+#: Keys that do not change what a fold learns: where files are, how many loader workers,
+#: the prediction batch and the compiler. A finished fold's record ignores them, so a
+#: later session may move the folders (a read-only work folder, another out_dir).
+_NOT_EXPERIMENT = frozenset({"data.work_dir", "data.out_dir", "train.workers", "train.jit_compile", "predict.batch_size"})  # fmt: skip
+
+
+def experiment_record(config: Config, *, stage: int) -> dict[str, Any]:
+    """What fold training of `stage` depends on, flat as ``{"section.key": value}``.
+
+    Stage 1 depends on the store's codec, the image, model, train and augment sections
+    and the TTA views of its OOF prediction; stage 2 also on ``[sequence]``. A weights
+    file counts by its name, since Kaggle attaches it under another path each session.
+    """
+    sections = ["data", "image", "model", "train", "augment", "predict"]
+    sections += ["sequence"] if stage == 2 else []
+    flat = config_to_dict(config)
+    record = {
+        f"{section}.{key}": value
+        for section in sections
+        for key, value in flat[section].items()
+        if f"{section}.{key}" not in _NOT_EXPERIMENT
+    }
+    weights = config.model.weights
+    if isinstance(weights, Path):
+        record["model.weights"] = weights.name
+    return record
+
+
+def experiment_changes(recorded: Mapping[str, Any], config: Config, *, stage: int) -> list[str]:
+    """``key: recorded -> now`` for every key of :func:`experiment_record` that differs."""
+    now = experiment_record(config, stage=stage)
+    keys = sorted(set(recorded) | set(now))
+    missing = "(unset)"
+    return [
+        f"{key}: {recorded.get(key, missing)!r} -> {now.get(key, missing)!r}"
+        for key in keys
+        if recorded.get(key, missing) != now.get(key, missing)
+    ]
 
 
 def dump_config(config: Config, path: str | os.PathLike[str]) -> Path:

@@ -9,7 +9,7 @@ A run folder (``data.out_dir``, or ``WORK/runs/<config name>``) holds::
     submission.csv, predictions_test.csv, predict_report.json     stage 1's test predictions
     stage2/                   the same layout for stage 2 (the series model)
 
-A stage's fold folder holds ``best.keras``, ``state.json``, ``seeds.json``, ``history.csv``,
+A stage's fold folder holds ``experiment.json``, ``best.keras``, ``state.json``, ``seeds.json``, ``history.csv``,
 ``backup/`` (while training), ``oof.csv``, ``curves.png`` and ``summary.json``; stage 1's
 also the embeddings ``embed_oof.npz`` and ``embed_test.npz`` that stage 2 reads.
 """
@@ -32,6 +32,7 @@ __all__ = [
     "EMBED_OOF",
     "EMBED_TEST",
     "EVALUATE_JSON",
+    "EXPERIMENT",
     "HISTORY",
     "OOF",
     "PREDICTIONS_TEST",
@@ -59,6 +60,7 @@ BACKUP_METADATA = "training_metadata.json"  # in BACKUP, by keras.callbacks.Back
 OOF = "oof.csv"
 CURVES = "curves.png"
 SUMMARY = "summary.json"
+EXPERIMENT = "experiment.json"  # what the fold was trained with (rsna.config.experiment_record)
 EMBED_OOF, EMBED_TEST = "embed_oof.npz", "embed_test.npz"
 EVALUATE_JSON = "evaluate.json"
 ROC_PR = "roc_pr.png"

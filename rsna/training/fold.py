@@ -11,13 +11,16 @@ Both stages train fold k on every other fold and validate on k, in
     oof.csv          image_id and six probabilities for fold k's images, from best.keras
     curves.png       loss and weighted log loss, train and validation
     summary.json     the one-line summary, as data
+    experiment.json  the config keys the fold was trained with (rsna.config.experiment_record)
 
 A killed run resumes where it stopped: ``BackupAndRestore`` restores weights, optimizer
 (and so the learning-rate schedule) and the epoch; :class:`~rsna.training.generator.EpochSync`
 gives the resumed epochs the order and augmentation they would have had; and
 :class:`FoldState` restores the best value and the early-stopping count that Keras's
 own ``ModelCheckpoint`` and ``EarlyStopping`` would lose, so a worse epoch after a resume
-never overwrites the best file. A finished fold is skipped unless ``force``.
+never overwrites the best file. A finished or interrupted fold is reused only for the
+same experiment: another value of a key that decides what it learns is an error naming
+the key, and ``force`` (``--retrain``) trains it anew.
 
 :func:`run_fold` is the skeleton every stage's fold goes through: skip a finished fold,
 check and split it, seed, fit, predict the OOF images with the best model, and write the
@@ -33,6 +36,7 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +46,11 @@ import numpy as np
 import pandas as pd
 
 from rsna import files, runs
-from rsna.config import Config, dump_config
+from rsna.config import Config, dump_config, experiment_changes, experiment_record
 from rsna.data.folds import FOLDS_FILE, read_folds
 from rsna.data.labels import prior
 from rsna.data.metadata import read_prepared_labels
-from rsna.errors import RsnaError
+from rsna.errors import DataWarning, RsnaError
 from rsna.metrics import per_label_log_loss, prior_predictions
 from rsna.training.distributed import (
     DistributedError,
@@ -205,10 +209,11 @@ def run_fold(
     fold_dir = config.fold_dir(fold, stage=stage)
     if force and role.chief and fold_dir.exists():
         shutil.rmtree(fold_dir)
+    _same_experiment(config, fold_dir, stage=stage)
     if (fold_dir / runs.SUMMARY).exists():
         summary = files.read_json(fold_dir / runs.SUMMARY)
         oof = pd.read_csv(fold_dir / runs.OOF, index_col="image_id")
-        print(f"{format_summary(summary)} (already trained; --force retrains)", flush=True)
+        print(f"{format_summary(summary)} (already trained; --retrain trains it anew)", flush=True)
         return FoldResult(fold, summary, oof)
     start = time.perf_counter()
     split = split_fold(config, fold)
@@ -216,6 +221,7 @@ def run_fold(
     try:
         if role.chief:
             fold_dir.mkdir(parents=True, exist_ok=True)
+            files.write_json(fold_dir / runs.EXPERIMENT, experiment_record(config, stage=stage))
             # The run's config.toml records the concrete precision that "auto" picks here.
             dump_config(resolve_precision(config)[0], config.run_dir / runs.CONFIG_FILE)
         split = dataclasses.replace(split, start_epoch=resume_epoch(own_dir))
@@ -246,6 +252,32 @@ def run_fold(
         return FoldResult(fold, {"fold": fold, "worker": role.rank}, pd.DataFrame())
     oof, extra = todo.predict_oof(best)
     return finish_fold(split, fold_dir, oof, title=todo.title, started=start, extra=extra)
+
+
+def _same_experiment(config: Config, fold_dir: Path, *, stage: int) -> None:
+    """Refuse to reuse or resume a fold that was trained with other values.
+
+    Raises:
+        TrainError: naming each key that differs, with the way out.
+    """
+    path = fold_dir / runs.EXPERIMENT
+    if not path.is_file():
+        if (fold_dir / runs.SUMMARY).exists():
+            warnings.warn(
+                f"{fold_dir}: trained by an older rsna that recorded no experiment.json; "
+                "reused as it is (--retrain trains it anew)",
+                DataWarning,
+                stacklevel=3,
+            )
+        return
+    changes = experiment_changes(files.read_json(path), config, stage=stage)
+    if changes:
+        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+        raise TrainError(
+            f"{fold_dir} was trained as another experiment ({shown}). Add --retrain to "
+            "train it again with this config (its files are replaced), use another "
+            "data.out_dir, or set the recorded values back"
+        )
 
 
 def resume_epoch(fold_dir: Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import warnings
@@ -88,6 +89,24 @@ def test_a_finished_fold_is_skipped(trained, capsys):
     again = train_fold(config, results[0].fold)
     assert again.summary == results[0].summary
     assert "already trained" in capsys.readouterr().out
+
+
+def test_a_finished_fold_is_reused_only_for_the_same_experiment(trained, tmp_path, capsys):
+    """Notebook 02 once counted a 1-epoch CLI run as its 8-epoch fold: now the changed key
+    is named, and --retrain (force) trains it anew. Moved folders are the same experiment."""
+    config, results = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(config.run_dir, copy)
+    moved = replace(config, data=replace(config.data, out_dir=copy), train=replace(config.train, workers=2))
+    assert train_fold(moved, 0).summary == results[0].summary  # other folders and workers: reused
+    shorter = replace(moved, train=replace(moved.train, epochs=1))
+    with pytest.raises(TrainError, match=r"another experiment \(train\.epochs: 2 -> 1\)\. Add --retrain"):
+        train_fold(shorter, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        again = train_fold(shorter, 0, force=True, verbose=0)
+    assert again.summary["epochs_run"] == 1
+    assert json.loads((copy / "fold_0" / "experiment.json").read_text())["train.epochs"] == 1
 
 
 def test_evaluate_and_predict(trained, tiny_work, tiny_competition):
