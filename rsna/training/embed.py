@@ -3,9 +3,11 @@
 Fold k's slice model, with its head removed, runs over fold k's own images (out of fold:
 it never trained on them) and over the test images, averaged over stage 1's TTA views
 (``predict.tta``), so stage 2 starts from the same quality as stage 1's predictions. It
-writes the pooled ``features`` and the six ``logits`` per image, float16, to
-``RUN/fold_k/embed_oof.npz`` and ``embed_test.npz`` (atomically; an existing file is
-reused). A training image's embedding therefore always comes from the one model that
+writes the six ``logits`` per image and, when ``sequence.inputs`` has ``features``, the
+pooled features, float16, to ``RUN/fold_k/embed_oof.npz`` and ``embed_test.npz``
+(atomically). Logits alone are 12 bytes an image; EfficientNetB0's 1,280 features add
+2,560, about 3.5 GB over the competition's folds. An existing file is reused, unless it
+lacks the features that ``sequence.inputs`` now asks for (it is then redone, and said). A training image's embedding therefore always comes from the one model that
 did not train on it: nothing leaks. :func:`rsna.data.series.read_embeddings` reads them.
 """
 
@@ -46,7 +48,8 @@ def embed_fold(
     jobs = {runs.EMBED_OOF: folds.index[folds == fold].tolist()}
     if test_ids is not None:
         jobs[runs.EMBED_TEST] = list(test_ids)
-    todo = {name: ids for name, ids in jobs.items() if not (fold_dir / name).exists()}
+    keep = "features" in config.sequence.inputs
+    todo = {name: ids for name, ids in jobs.items() if not _usable(fold_dir / name, keep)}
     if todo:
         active = strategy or choose_strategy()
         with active.scope():
@@ -55,26 +58,53 @@ def embed_fold(
             embedder = keras.Model(model.input, outputs)
         for name, ids in todo.items():
             embed_images(
-                embedder, ids, config, fold_dir / name, replicas=active.num_replicas_in_sync
+                embedder,
+                ids,
+                config,
+                fold_dir / name,
+                replicas=active.num_replicas_in_sync,
+                features=keep,
             )
         keras.backend.clear_session()
     return {name: fold_dir / name for name in jobs}
 
 
+def _usable(path: Path, features: bool) -> bool:
+    """True if `path` exists and holds features when they are wanted."""
+    if not path.exists():
+        return False
+    if not features:
+        return True
+    with np.load(path, allow_pickle=False) as data:
+        if data["features"].shape[1] > 0:
+            return True
+    print(f"{path}: holds logits only; sequence.inputs asks for features, so it is redone")
+    return False
+
+
 def embed_images(
-    embedder: keras.Model, ids: list[str], config: Config, path: Path, *, replicas: int = 1
+    embedder: keras.Model,
+    ids: list[str],
+    config: Config,
+    path: Path,
+    *,
+    replicas: int = 1,
+    features: bool = True,
 ) -> None:
-    """Write the features and logits of `ids`, averaged over the TTA views of
-    ``predict.tta``, to an embeddings file (npz, no pickle) at `path`."""
+    """Write the logits of `ids` (and with `features`, the pooled features), averaged over
+    the TTA views of ``predict.tta``, to an embeddings file (npz, no pickle) at `path`;
+    without `features` its ``features`` array has no columns."""
     views, unreadable = predict_views(embedder, ids, config, replicas=replicas)
-    features = np.mean([f for f, _ in views], axis=0)
+    pooled = np.mean([f for f, _ in views], axis=0)
+    if not features:
+        pooled = pooled[:, :0]
     logits = np.mean([g for _, g in views], axis=0)
     readable = ~np.isin(ids, unreadable)
     with files.atomic_path(path) as tmp:
         np.savez(
             tmp,
             ids=np.array(ids, dtype=str),
-            features=features.astype(np.float16),
+            features=pooled.astype(np.float16),
             logits=logits.astype(np.float16),
             readable=readable,
         )

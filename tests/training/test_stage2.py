@@ -65,14 +65,28 @@ def test_embeddings_of_an_image_come_only_from_the_model_that_did_not_train_on_i
         assert sorted(embedded.index) == sorted(
             folds.index[folds == k]
         )  # fold k's own images, no others
-        assert (
-            embedded.filter(like="logit_").shape[1] == 6
-            and embedded.filter(like="feature_").shape[1] > 6
-        )
+        assert embedded.filter(like="logit_").shape[1] == 6
+        assert embedded.filter(like="feature_").shape[1] == 0  # logits only: 12 bytes an image
         seen += list(embedded.index)
         test = read_embeddings(stage1.fold_dir(int(k)) / EMBED_TEST)
         assert not set(test.index) & set(folds.index)
     assert sorted(seen) == sorted(folds.index) and len(seen) == len(set(seen))
+
+
+def test_features_are_embedded_when_stage_2_reads_them(stage1, capsys):
+    import dataclasses
+
+    config = dataclasses.replace(
+        stage1, sequence=dataclasses.replace(stage1.sequence, inputs=("logits", "features"))
+    )
+    before = read_embeddings(stage1.fold_dir(0) / EMBED_OOF)
+    (written,) = embed_folds(config, [0])
+    assert "holds logits only; sequence.inputs asks for features, so it is redone" in capsys.readouterr().out
+    after = read_embeddings(written[EMBED_OOF])
+    assert after.filter(like="feature_").shape[1] > 6
+    np.testing.assert_array_equal(after.filter(like="logit_"), before.filter(like="logit_"))
+    embed_folds(config, [0])  # now complete: reused, nothing said
+    assert "redone" not in capsys.readouterr().out
 
 
 def test_series_are_in_z_order_and_predictions_come_back_by_image(stage1, tiny_work):
