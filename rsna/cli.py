@@ -340,6 +340,26 @@ def _validate(args: argparse.Namespace) -> None:
     print(f"{args.submission}: valid ({len(frame)} rows, {len(frame) // 6} images)")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from rsna.data.folds import FOLDS_FILE, read_folds
+    from rsna.plan import format_plan, free_disk_gb, hardware, plan_run
+
+    config = _config(args)
+    folds_csv = Path(config.data.work_dir) / FOLDS_FILE
+    n_folds = args.n_folds or (read_folds(folds_csv).nunique() if folds_csv.is_file() else 5)
+    plan = plan_run(
+        config,
+        machine=hardware(args.gpus),
+        slices=args.slices,
+        n_folds=n_folds,
+        folds=args.folds,
+        rate=args.rate,
+        stage2=not args.stage1_only,
+    )
+    free = None if plan.hardware.disk_gb is not None else free_disk_gb(config.run_dir)
+    print(format_plan(plan, free_gb=free))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from rsna.config import parse_override
     from rsna.demo import run_demo
@@ -586,6 +606,47 @@ def _parser() -> argparse.ArgumentParser:
     _config_arguments(p, stage="1: the slice models; 2: the series models")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES)
     p.set_defaults(run=_predict)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="plan",
+        help="the disk of every file and the GPU-hours of every stage, before any work",
+    )
+    _config_arguments(p)
+    p.add_argument(
+        "--gpus",
+        default="t4x2",
+        help="t4x2 or p100 (Kaggle's notebooks, with their 20 GB, 12-hour sessions and "
+        "30 GPU-hours a week), or GPU[xN] for your machine: t4, p100, v100, a100, e.g. "
+        "v100x4 (default t4x2)",
+    )
+    p.add_argument(
+        "--slices",
+        type=_integer("slices", low=1),
+        default=None,
+        help="train and test images (default: the competition's 874,035)",
+    )
+    p.add_argument(
+        "--n-folds",
+        type=_integer("n_folds", low=2),
+        default=None,
+        help="the folds the images are split into (default: folds.csv's, else 5)",
+    )
+    p.add_argument(
+        "--folds",
+        type=_integer("folds", low=1),
+        default=None,
+        help="how many of them are trained (default: all)",
+    )
+    p.add_argument(
+        "--rate",
+        type=_number("rate"),
+        default=None,
+        metavar="IMAGES_PER_SECOND",
+        help="your measured training rate on one device, instead of the published figures",
+    )
+    p.add_argument("--stage1-only", action="store_true", help="leave out embedding and stage 2")
+    p.set_defaults(run=_plan)
 
     p = sub.add_parser(
         parents=[common],

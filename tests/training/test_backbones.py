@@ -26,13 +26,17 @@ def _cases():
 def test_every_backbone_builds_at_its_smallest_size_and_predicts(backbone):
     size = max(32, backbone.min_size)
     config = config_from_dict(
-        {"image": {"size": size, "context": 0}, "model": {"backbone": backbone.name}}
+        {"image": {"size": size, "context": 0}, "model": {"backbone": backbone.name, "weights": "random"}}
     )
     model = build_model(config)
     x = np.random.default_rng(0).integers(0, 255, (1, size, size, 3), dtype=np.uint8)
     p = model.predict(x, verbose=0)
     # Random deep networks can saturate the sigmoid; the values must still be probabilities.
     assert p.shape == (1, 6) and ((p >= 0) & (p <= 1)).all()
+    # the table's sizes, which `rsna plan` uses for checkpoints and embeddings
+    assert model.get_layer("features").output.shape[-1] == backbone.features
+    head = 6 * (backbone.features + 1)  # the six logits
+    assert backbone.params <= model.count_params() <= backbone.params + head + 64
     keras.backend.clear_session()
 
 
