@@ -93,7 +93,8 @@ def parallel_map(
     """Yield ``fn(item)`` for each item, in order, using `workers` processes.
 
     With one worker, or few items, everything runs in this process. `fn` must be a
-    module-level function so it can be sent to a worker.
+    module-level function so it can be sent to a worker. Closing the iterator early
+    cancels the items not yet started.
     """
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -106,5 +107,7 @@ def parallel_map(
     pool = ProcessPoolExecutor(
         workers, mp_context=_context(), initializer=_init_worker, initargs=(os.getpid(),)
     )
-    with pool:
+    try:
         yield from progress(pool.map(fn, items, chunksize=chunksize), total=n, desc=desc, unit=unit)
+    finally:  # a consumer that stops early (an error, a full disk) leaves no queued work
+        pool.shutdown(wait=True, cancel_futures=True)

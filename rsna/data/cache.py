@@ -154,8 +154,13 @@ def build_cache(
     force: bool = False,
     num_shards: int = 1,
     shard_index: int = 0,
+    check_disk: bool = True,
 ) -> CacheResult:
     """Preprocess every slice of a prepared work folder into a store; resume a killed run.
+
+    After its first shard, the build prints the bytes a slice and the projected store,
+    and with `check_disk` stops (keeping what it wrote) if the rest would not fit on the
+    store's disk.
 
     Args:
         work_dir: a work folder made by ``rsna prepare``.
@@ -169,7 +174,8 @@ def build_cache(
             machine's share); see the module docstring.
 
     Raises:
-        CacheError: bad options, or the folder holds a cache made with other options.
+        CacheError: bad options, the folder holds a cache made with other options, or
+            the projected store does not fit on its disk.
     """
     codec = codec or codec_for("lossless")
     _check_options(shard_size=shard_size, num_shards=num_shards, shard_index=shard_index)
@@ -187,8 +193,13 @@ def build_cache(
     encoded = parallel_map(
         _Encoder(spec, codec), jobs, workers=workers, desc="preprocess", unit="img"
     )
-    for k in todo:
-        _write_shard(root, k, [next(encoded) for _ in shards[k]], order.index[shards[k]])
+    try:
+        for i, k in enumerate(todo):
+            _write_shard(root, k, [next(encoded) for _ in shards[k]], order.index[shards[k]])
+            if i == 0 and check_disk:
+                _check_disk(root, shards, left=[shards[j] for j in todo[1:]], total=len(order))
+    finally:
+        encoded.close()  # an error stops the workers' queued slices too
     missing = sum(not _shard_done(root, k) for k in range(len(shards)))
     unreadable: dict[str, str] = {}
     full_view: tuple[str, ...] = ()
@@ -208,6 +219,35 @@ def build_cache(
     size = sum(p.stat().st_size for p in root.glob("shard-*.tfrecord"))
     reused = len(mine) - len(todo)
     return CacheResult(root, len(order), len(todo), reused, missing, unreadable, size, full_view)
+
+
+def _check_disk(root: Path, shards: list[range], *, left: list[range], total: int) -> None:
+    """Project the store from the shards on disk; refuse what the free disk cannot hold.
+
+    Raises:
+        CacheError: the shards still to write would not fit; the finished ones stay.
+    """
+    done = [(k, r) for k, r in enumerate(shards) if _shard_done(root, k)]
+    written = sum(_shard_path(root, k).stat().st_size for k, _ in done)
+    images = sum(len(r) for _, r in done)
+    per_slice = written / max(images, 1)
+    needed = per_slice * sum(len(r) for r in left)
+    free = shutil.disk_usage(root).free
+    print(
+        f"store: {per_slice / 1000:.1f} kB a slice on {len(done)} shard(s); projected "
+        f"{per_slice * total / 1e9:.2f} GB for {total:,} slices; this run writes "
+        f"{needed / 1e9:.2f} GB more, {free / 1e9:.1f} GB free",
+        flush=True,
+    )
+    if needed > free:
+        raise CacheError(
+            f"{root}: the store would not fit: {needed / 1e9:.2f} GB still to write "
+            f"({per_slice / 1000:.1f} kB a slice x {sum(len(r) for r in left):,} slices), "
+            f"{free / 1e9:.2f} GB free on its disk. The {len(done)} finished shard(s) are "
+            "kept. Free space and rerun (it resumes), move the work folder (data.work_dir) to a "
+            "bigger disk, or choose a smaller store (data.quality, image.size, "
+            "data.compression) and rerun with --force"
+        )
 
 
 def _check_options(*, shard_size: int, num_shards: int, shard_index: int) -> None:

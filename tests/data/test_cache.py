@@ -284,3 +284,20 @@ def test_cli_preprocess_builds_the_store_its_config_reads(tiny_work, tmp_path, c
     # the old form, a work folder in the config's place, says what to write instead
     assert main(["preprocess", str(tiny_work)]) == 2
     assert "takes a config, not a work folder" in capsys.readouterr().err
+
+
+def test_a_store_that_would_not_fit_stops_after_its_first_shard(tiny_work, tmp_path, monkeypatch, capsys):
+    from collections import namedtuple
+
+    import rsna.data.cache as cache
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    out = tmp_path / "store"
+    with pytest.raises(CacheError, match=r"the store would not fit: .* GB still to write .* 1 finished shard\(s\) are kept"):
+        build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=4, workers=1)
+    assert "kB a slice on 1 shard(s); projected" in capsys.readouterr().out
+    assert len(list(out.glob("shard-*.tfrecord"))) == 1
+    monkeypatch.undo()
+    result = build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=4, workers=1)
+    assert result.complete and result.shards_reused == 1
