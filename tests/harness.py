@@ -27,6 +27,7 @@ from rsna.data.synthetic import GROUPS, SynthConfig, dicom_bytes, encode_hu
 
 __all__ = [
     "ENCODINGS",
+    "TF_NOISE",
     "TINY",
     "TINY_CODEC",
     "TINY_SPEC",
@@ -38,6 +39,8 @@ __all__ = [
     "write_slice",
 ]
 
+#: Markers of TensorFlow's start-up lines, which rsna keeps off the console.
+TF_NOISE = ("I0000", "E0000", "W0000", "absl::InitializeLog", "oneDNN", "cuInit", "cuda")
 #: The tiny competition of every session: 8 patients, 64x64 slices.
 TINY = SynthConfig(patients=8, studies=2, slices=6, size=64, seed=0)
 #: The cache the tiny work folder holds.

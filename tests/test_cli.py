@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import TF_NOISE
 from rsna.cli import main
 
 
@@ -232,9 +233,6 @@ def test_an_unexpected_error_is_one_line_that_says_it_is_a_bug(monkeypatch, tmp_
     ]
     status, err = run(capsys, "folds", tmp_path / "w", "--debug")
     assert status == 1 and "Traceback (most recent call last)" in err and "broken" in err
-
-
-TF_NOISE = ("I0000", "E0000", "W0000", "absl::InitializeLog", "oneDNN", "cuInit", "cuda")
 
 
 @pytest.mark.slow
