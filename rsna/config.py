@@ -476,6 +476,14 @@ def _validate(config: Config, source: str) -> None:
         (0.0 <= config.sequence.any_coupling <= 2.0, "sequence.any_coupling", config.sequence.any_coupling, "must be in [0, 2]"),
         (0.0 <= config.sequence.subtype_l2 <= 1.0, "sequence.subtype_l2", config.sequence.subtype_l2, "must be in [0, 1]"),
     ]  # fmt: skip
+    train = config.train
+    if 1 <= train.epochs <= MAX_EPOCHS and train.warmup_epochs >= train.epochs:
+        raise ConfigError(
+            f"{source}: `train.epochs` must be more than `train.warmup_epochs`, the warm-up "
+            f"epochs that come first. Received: epochs={train.epochs}, "
+            f"warmup_epochs={train.warmup_epochs}; lower the warm-up too, e.g. "
+            f"--set train.warmup_epochs={max(train.epochs - 1, 0)}"
+        )
     for ok, key, value, rule in checks:
         if not ok:
             raise ConfigError(f"{source}: `{key}` {rule}. Received: {key.split('.')[-1]}={value!r}")

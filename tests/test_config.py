@@ -86,8 +86,9 @@ def test_defaults_and_run_dir(tmp_path):
         ("[train]\nschedule = 'step'\n", "`train.schedule` must be one of"),
         (
             "[train]\nwarmup_epochs = 10\nepochs = 10\n",
-            "`train.warmup_epochs` must be in \\[0, epochs\\)",
+            "`train.epochs` must be more than `train.warmup_epochs`.*set train.warmup_epochs=9",
         ),
+        ("[train]\nwarmup_epochs = -1\n", "`train.warmup_epochs` must be in \\[0, epochs\\)"),
         ("[image]\nwindows = ['brain', 'lung']\n", "`image.windows`: Unknown window 'lung'"),
         ("[image]\nsize = 16\n", "`image.size` must be >= 32. Received: size=16"),
         ("[model]\nbackbone = 'VGG99'\n", "`model.backbone` must be one of"),
