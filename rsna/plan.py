@@ -44,6 +44,7 @@ __all__ = [
     "Hardware",
     "Item",
     "Plan",
+    "LOADER",
     "PREPROCESS",
     "PlanError",
     "format_plan",
@@ -87,6 +88,11 @@ BYTES = {
 #: 100 MB/s from Kaggle's network storage, and encoding 512x512 DICOMs to a lossy
 #: 256x256x3 store at 1,515 slices/s on 2 cores (scripts/bench_scale.py, README).
 PREPROCESS = {"dicom_kb": 525.0, "read_mb_per_s": 100.0, "slices_per_s": 1515.0}
+
+#: The DataGenerator's rate from a lossy store at 256x256 with one context slice a side,
+#: batches of 64, on 2 cores of this machine (976 img/s, scripts/bench_scale.py-style
+#: runs recorded in the project's feeding issue); it scales with cores and with area.
+LOADER = {"images_per_s": 976.0, "cores": 2, "size": 256}
 
 #: Stage 2's seconds per training slice, epoch and bag of the series model, validation
 #: included: the demo's stage 2 on 2 CPU cores (70.7 s for 3 folds x 40 epochs x 3 bags
@@ -178,6 +184,7 @@ class Plan:
     items: tuple[Item, ...] = field(default_factory=tuple)
     rate: float = 0.0  # training images a second on all devices
     rate_source: str = ""
+    size: int = 256  # image.size, for the loader's rate
 
     @property
     def disk_gb(self) -> float:
@@ -302,7 +309,7 @@ def plan_run(
             Item("stage 2", f"series model: {trained} folds x {seq_epochs} epochs (2-core CPU rate)", trained * valid * BYTES["oof_row"] * 2 * gb, trained * fit * seq_epochs * STAGE2_SECONDS / 3600, cpu=True),
             Item("stage 2", "test: submission and predictions", (test * 6 * BYTES["submission_row"] + test * BYTES["oof_row"]) * gb),
         ]  # fmt: skip
-    return Plan(config.name, machine, train, test, trained, tuple(items), speed, source)
+    return Plan(config.name, machine, train, test, trained, tuple(items), speed, source, config.image.size)
 
 
 def format_plan(plan: Plan, *, free_gb: float | None = None) -> str:
@@ -340,9 +347,13 @@ def _verdicts(plan: Plan, free_gb: float | None) -> list[str]:
         weeks = plan.hours / machine.weekly_hours
         fits = "fits one week" if weeks <= 1 else f"needs {math.ceil(weeks)} weeks"
         out.append(f"quota: {plan.hours:.1f} of {machine.weekly_hours:.0f} GPU-hours a week ({weeks:.0%}): {fits}")
+    where = "; on Kaggle run them in a CPU notebook, where they use no GPU quota" if machine.weekly_hours else ""
+    out.append(f"CPU: {plan.cpu_hours:.1f} h (preprocessing, the series model){where}")
+    per_core = LOADER["images_per_s"] / LOADER["cores"] * (LOADER["size"] / plan.size) ** 2
     out.append(
-        f"CPU: {plan.cpu_hours:.1f} h (preprocessing, the series model); on Kaggle run them in a "
-        "CPU notebook, where they use no GPU quota"
+        f"feeding: the devices take {plan.rate:,.0f} img/s; the loader gives about "
+        f"{per_core:,.0f} img/s a core at {plan.size} (measured on 2 cores at 256), so about "
+        f"{math.ceil(plan.rate / per_core)} core(s) keep them busy"
     )
     out.append("every figure is a projection: measure one epoch before you trust the hours")
     return out
