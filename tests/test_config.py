@@ -48,7 +48,7 @@ def test_shipped_configs_load():
     assert baseline.image.crop == "head" and demo.image.crop == "none"
     strong = load_config(CONFIGS / "strong.toml")
     assert strong.model.backbone == "EfficientNetB3" and strong.image.size == 384
-    assert strong.augment.crop_area == (0.7, 1.0) and strong.augment.vflip and strong.sequence.conv == 5
+    assert strong.augment.crop_area == (0.7, 1.0) and strong.sequence.conv == 5
     # Shipped configs load by name too, as `rsna train demo` does; nothing links to them.
     assert load_config("demo") == demo and load_config("baseline") == baseline
     assert shipped_configs() == ["baseline", "demo", "strong"]
