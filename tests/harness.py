@@ -32,6 +32,7 @@ __all__ = [
     "TINY_CODEC",
     "TINY_SPEC",
     "encode",
+    "prepared_competition",
     "ramp_hu",
     "reference",
     "replace_value",
@@ -99,6 +100,27 @@ def tiny_experiment(work: Path, out: Path, *, name: str, **sections: dict):
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
     return config_from_dict({"name": name, **base})
+
+
+def prepared_competition(folder: Path, *, seed: int, patients: int = 6):
+    """A small synthetic competition in `folder`/comp, prepared into `folder`/work with 2
+    folds and the tiny store: (competition, work folder, prepare result)."""
+    from rsna.data.cache import build_cache
+    from rsna.data.folds import make_folds, write_folds
+    from rsna.data.metadata import prepare
+    from rsna.data.synthetic import make_competition
+    from rsna.errors import DataWarning
+
+    synth = SynthConfig(patients=patients, studies=1, slices=5, size=48, seed=seed)
+    competition = make_competition(folder / "comp", synth, workers=1)
+    work = folder / "work"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        prepared = prepare(competition.root, work, workers=1)
+    folds = make_folds(prepared.metadata, prepared.labels, n_folds=2, seed=0)
+    write_folds(folds, prepared.metadata, work / "folds.csv")
+    build_cache(work, TINY_SPEC, codec=TINY_CODEC, workers=1)
+    return competition, work, prepared
 
 
 # ------------------------------------------------------------- DICOM against pydicom

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import warnings
 from pathlib import Path
 
 import pytest
 
-from harness import TINY_CODEC, TINY_SPEC, tiny_experiment
+from harness import TINY_CODEC, TINY_SPEC, prepared_competition, tiny_experiment
 from rsna.cli import main
 from rsna.data.cache import StoreMissing, cache_dir
-from rsna.errors import DataWarning
 from rsna.preflight import WeightsMissing, check_store, find_weights, resolve_weights
 
 
@@ -80,22 +78,10 @@ def test_the_cli_stops_before_any_work_without_store_or_weights(tiny_work, tmp_p
 @pytest.mark.slow
 def test_training_and_prediction_from_a_store_never_open_a_dicom(tmp_path):
     """The store is the only image source: the DICOM folders are emptied after it is built."""
-    from rsna.data.cache import build_cache
-    from rsna.data.folds import make_folds, write_folds
-    from rsna.data.metadata import prepare
-    from rsna.data.synthetic import SynthConfig, make_competition
     from rsna.training import runner
     from rsna.training.embed import embed_folds
 
-    competition = make_competition(
-        tmp_path / "comp", SynthConfig(patients=6, studies=1, slices=5, size=48, seed=3), workers=1
-    )
-    work = tmp_path / "work"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        prepared = prepare(competition.root, work, workers=1)
-    write_folds(make_folds(prepared.metadata, prepared.labels, n_folds=2, seed=0), prepared.metadata, work / "folds.csv")  # fmt: skip
-    build_cache(work, TINY_SPEC, codec=TINY_CODEC, workers=1)
+    competition, work, prepared = prepared_competition(tmp_path, seed=3)
     for folder in ("stage_2_train", "stage_2_test"):
         shutil.move(competition.root / folder, tmp_path / f"away_{folder}")
         (competition.root / folder).mkdir()  # the competition is still found; no file is there

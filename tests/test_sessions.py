@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 
-from harness import TINY_CODEC, TINY_SPEC
+from harness import prepared_competition, tiny_experiment
 from rsna.config import dump_config
 from rsna.errors import DataWarning
 
@@ -56,21 +56,12 @@ def test_a_later_session_reads_the_earlier_output_read_only(tmp_path):
     why = _mounts_allowed(tmp_path)
     if why:
         pytest.skip(why)
-    from harness import tiny_experiment
-    from rsna.data.cache import build_cache
-    from rsna.data.folds import make_folds, write_folds
-    from rsna.data.metadata import prepare
-    from rsna.data.synthetic import SynthConfig, make_competition
     from rsna.training import runner
 
     # session 1: everything under the work folder, as on /kaggle/working
-    comp = make_competition(tmp_path / "comp", SynthConfig(patients=6, studies=1, slices=5, size=48, seed=5), workers=1)  # fmt: skip
-    work = tmp_path / "work"
+    comp, work, _ = prepared_competition(tmp_path, seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
-        prepared = prepare(comp.root, work, workers=1)
-        write_folds(make_folds(prepared.metadata, prepared.labels, n_folds=2, seed=0), prepared.metadata, work / "folds.csv")  # fmt: skip
-        build_cache(work, TINY_SPEC, codec=TINY_CODEC, workers=1)
         first = tiny_experiment(work, work / "runs" / "s", name="s", train={"epochs": 1}, predict={"tta": ["none"]}, sequence={"units": 4, "epochs": 1})  # fmt: skip
         runner.train(first, [0], verbose=0)
     # session 2: the run folder copied out, the rest read-only
