@@ -549,10 +549,11 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return out
 
 
-#: Keys that do not change what a fold learns: where files are, how many loader workers,
-#: the prediction batch and the compiler. A finished fold's record ignores them, so a
+#: Keys that do not change what a fold learns or its OOF file: where files are, how many
+#: loader workers, the compiler, and how the test predictions are batched, averaged over
+#: folds and clipped. A finished fold's record ignores them, so a
 #: later session may move the folders (a read-only work folder, another out_dir).
-_NOT_EXPERIMENT = frozenset({"data.work_dir", "data.out_dir", "train.workers", "train.jit_compile", "predict.batch_size"})  # fmt: skip
+_NOT_EXPERIMENT = frozenset({"data.work_dir", "data.out_dir", "train.workers", "train.jit_compile", "predict.batch_size", "predict.ensemble", "predict.clip"})  # fmt: skip
 
 
 def experiment_record(config: Config, *, stage: int) -> dict[str, Any]:

@@ -211,3 +211,18 @@ def test_the_learning_rate_scales_linearly_with_the_global_batch_when_asked():
     assert scaled.train.effective_learning_rate == pytest.approx(4e-3)
     with pytest.raises(ConfigError, match="`train.scale_learning_rate` must be 0"):
         config_from_dict({"train": {"scale_learning_rate": -1}})
+
+
+def test_the_experiment_record_holds_what_a_fold_learns_from(tmp_path):
+    from rsna.config import experiment_changes, experiment_record
+
+    config = load_config("baseline")
+    record = experiment_record(config, stage=1)
+    assert record["model.weights"] == "efficientnetb0_notop.h5" and record["train.epochs"] == 3
+    assert not any(k.startswith("sequence.") for k in record) and "predict.tta" in record
+    assert {"data.work_dir", "data.out_dir", "train.workers", "predict.batch_size", "predict.ensemble"}.isdisjoint(record)  # fmt: skip
+    assert "sequence.units" in experiment_record(config, stage=2)
+    moved = load_config("baseline", overrides={"data.work_dir": str(tmp_path), "model.weights": str(tmp_path / "efficientnetb0_notop.h5"), "train.workers": 4, "predict.ensemble": "logit_mean"})  # fmt: skip
+    assert experiment_changes(record, moved, stage=1) == []
+    other = load_config("baseline", overrides={"train.epochs": 5, "augment.rotate": 10.0})
+    assert experiment_changes(record, other, stage=1) == ["augment.rotate: 30.0 -> 10.0", "train.epochs: 3 -> 5"]
