@@ -690,22 +690,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_tensorflow_quietly()
         run(args)
     except RsnaError as exc:
-        status = _fail(f"rsna: error: {exc}", 2)
+        status = _fail(f"rsna: error: {_one_line(str(exc))}", 2)
         if exc.exit_now:  # destructors could wait forever on a broken runtime
             sys.stdout.flush()
             os._exit(status)
         return status
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        return _fail(f"rsna: error: {where}{exc.strerror or exc}", 2)
+        return _fail(f"rsna: error: {_one_line(f'{where}{exc.strerror or exc}')}", 2)
     except KeyboardInterrupt:
         return _fail("rsna: interrupted", 130)
     except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug
         if debug:
             traceback.print_exc()
         hint = "" if debug else "; rerun with --debug for the traceback"
-        return _fail(f"rsna: internal error, a bug in rsna ({type(exc).__name__}: {exc}){hint}", 1)
+        return _fail(_one_line(f"rsna: internal error, a bug in rsna ({type(exc).__name__}: {exc}){hint}"), 1)
     return 0
+
+
+def _one_line(message: str) -> str:
+    """`message` on one line: text quoted from a library (Keras's, with its newlines and
+    indentation) is joined with single spaces."""
+    return " ".join(message.split())
 
 
 def _fail(message: str, status: int) -> int:

@@ -263,3 +263,17 @@ def test_the_console_is_quiet_unless_verbose(tiny_work, tmp_path):
     assert loud.returncode == 0, loud.stderr[-3000:]
     if bare.stderr.strip():  # this machine's TensorFlow says something on start-up
         assert bare.stderr.strip().splitlines()[-1][-40:] in loud.stderr
+
+
+def test_every_error_is_one_line(monkeypatch, capsys):
+    """Library text with newlines (Keras's messages) is flattened into the one error line."""
+    import rsna.cli as cli
+    from rsna.config import ConfigError
+
+    def fails(args):
+        raise ConfigError("the backbone cannot be built:\n  Input 0 of layer\n\n  is incompatible")
+
+    monkeypatch.setattr(cli, "_plan", fails)
+    assert main(["plan", "baseline"]) == 2
+    err = capsys.readouterr().err
+    assert err == "rsna: error: the backbone cannot be built: Input 0 of layer is incompatible\n"

@@ -96,3 +96,16 @@ def test_training_and_prediction_from_a_store_never_open_a_dicom(tmp_path):
     assert predicted.report["unreadable_given_prior"] == corrupt  # known from the store alone
     assert predicted.report["missing_files_given_prior"] == []
     assert embed_folds(config, [0])[0]
+
+
+def test_a_model_that_cannot_be_built_writes_nothing(tiny_work, tmp_path, capsys):
+    """Weights that exist but do not load fail while the fold is planned: no config.toml,
+    no fold folder (a refused keras-hub preset used to leave both)."""
+    weights = tmp_path / "efficientnetb0_notop.h5"
+    weights.write_bytes(b"not an HDF5 file")
+    out = tmp_path / "run"
+    sets = [f"data.work_dir='{tiny_work}'", f"data.out_dir='{out}'", "image.size=32", "image.context=0",
+            "model.backbone='EfficientNetB0'", f"model.weights='{weights}'"]  # fmt: skip
+    assert main(["train", "demo", *(w for s in sets for w in ("--set", s)), "--fold", "0"]) == 2
+    assert "`model.weights` do not fit EfficientNetB0" in capsys.readouterr().err
+    assert not out.exists()

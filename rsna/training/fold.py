@@ -219,15 +219,15 @@ def run_fold(
     split = split_fold(config, fold)
     own_dir = fold_dir if role.chief else _worker_copy(fold_dir, role, fresh=force)
     try:
-        if role.chief:
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            files.write_json(fold_dir / runs.EXPERIMENT, experiment_record(config, stage=stage))
-            # The run's config.toml records the concrete precision that "auto" picks here.
-            dump_config(resolve_precision(config)[0], config.run_dir / runs.CONFIG_FILE)
         split = dataclasses.replace(split, start_epoch=resume_epoch(own_dir))
         seed_run(config.train.seed + fold, deterministic=config.train.deterministic)
         with _lost_workers(role):
-            todo = plan(split)
+            todo = plan(split)  # a model or data that cannot be built fails here, nothing written
+            if role.chief:
+                fold_dir.mkdir(parents=True, exist_ok=True)
+                files.write_json(fold_dir / runs.EXPERIMENT, experiment_record(config, stage=stage))
+                # The run's config.toml records the concrete precision that "auto" picks here.
+                dump_config(resolve_precision(config)[0], config.run_dir / runs.CONFIG_FILE)
             agree(
                 strategy,
                 fold=fold,
