@@ -58,6 +58,7 @@ from rsna.errors import DataWarning, RsnaError
 __all__ = [
     "DataGenerator",
     "EpochSync",
+    "SEED_SPELLING",
     "GeneratorError",
     "PaddedBatches",
     "SeriesGenerator",
@@ -94,12 +95,15 @@ class DataGenerator(keras.utils.PyDataset):
         dtype: ``"uint8"`` or ``"float32"`` (x / 255).
         hflip: flip every image left-right (test-time augmentation).
         **kwargs: passed to :class:`keras.utils.PyDataset`: ``workers``,
-            ``use_multiprocessing``, ``max_queue_size``.
+            ``use_multiprocessing``, ``max_queue_size``. The popular Keras kernels'
+            spelling is accepted too (:data:`SEED_SPELLING`): ``list_IDs`` for
+            `image_ids`, ``img_dir`` for `image_dir`, and ``img_size`` (an int or a square
+            ``(rows, cols)``) for `size`.
     """
 
     def __init__(
         self,
-        image_ids: Sequence[str],
+        image_ids: Sequence[str] | None = None,
         labels: pd.DataFrame | None = None,
         *,
         cache: str | os.PathLike[str] | ImageCache | None = None,
@@ -119,6 +123,7 @@ class DataGenerator(keras.utils.PyDataset):
         hflip: bool = False,
         **kwargs,
     ) -> None:
+        image_ids, size, image_dir = _seed_spelling(kwargs, image_ids=image_ids, size=size, image_dir=image_dir)  # fmt: skip
         super().__init__(**kwargs)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise GeneratorError(
@@ -428,6 +433,39 @@ class DataGenerator(keras.utils.PyDataset):
 
             cv2.setNumThreads(0)
             self._owner = os.getpid()
+
+
+#: The seeds' keyword -> rsna's (the popular Keras kernels' ``DataGenerator(list_IDs,
+#: labels, batch_size=32, img_size=(512, 512), img_dir=...)``).
+SEED_SPELLING = {"list_IDs": "image_ids", "img_dir": "image_dir", "img_size": "size"}
+
+
+def _seed_spelling(kwargs: dict, *, image_ids, size: int, image_dir):
+    """`image_ids`, `size` and `image_dir` with the seeds' spelling taken out of `kwargs`.
+
+    Raises:
+        GeneratorError: both spellings of one argument, a non-square ``img_size``, or no
+            image IDs.
+    """
+    given = {"image_ids": image_ids, "size": size, "image_dir": image_dir}
+    defaults = {"image_ids": None, "size": 256, "image_dir": None}
+    for alias, name in SEED_SPELLING.items():
+        if alias not in kwargs:
+            continue
+        value = kwargs.pop(alias)
+        if given[name] != defaults[name]:
+            raise GeneratorError(f"give `{name}` or its alias `{alias}`, not both. Received: {name}={given[name]!r}, {alias}={value!r}")  # fmt: skip
+        if alias == "img_size" and not isinstance(value, int):
+            rows, cols = value
+            if rows != cols:
+                raise GeneratorError(
+                    f"`img_size` must be square: slices are padded to a square, then resized. Received: img_size={tuple(value)!r}"
+                )
+            value = rows
+        given[name] = value
+    if given["image_ids"] is None:
+        raise GeneratorError("`image_ids` (or `list_IDs`) is required: the images to batch")
+    return given["image_ids"], given["size"], given["image_dir"]
 
 
 def _source(*, cache, work_dir, image_dir, spec: ImageSpec, context: int) -> ImageSource:

@@ -326,6 +326,24 @@ def test_a_plain_folder_of_dicoms_needs_nothing_prepared(data, tiny_competition)
         DataGenerator(ids, data["labels"], image_dir=folder / "nope", size=32)
 
 
+def test_the_seeds_spelling_is_accepted(data, tiny_competition):
+    """The popular Keras kernels call DataGenerator(list_IDs, labels, batch_size=32,
+    img_size=(512, 512), img_dir=...): the same batches as rsna's own names."""
+    folder = tiny_competition.root / "stage_2_train"
+    ids = data["train"][:10]
+    ours = DataGenerator(ids, data["labels"], image_dir=folder, size=32, batch_size=4)
+    seeds = DataGenerator(list_IDs=ids, labels=data["labels"], batch_size=4, img_size=(32, 32), img_dir=folder)  # fmt: skip
+    for index in range(len(ours)):
+        np.testing.assert_array_equal(ours[index][0], seeds[index][0])
+    assert DataGenerator(ids, data["labels"], img_size=32, img_dir=folder).spec.size == 32
+    with pytest.raises(GeneratorError, match="`img_size` must be square.*Received: img_size=\\(32, 16\\)"):
+        DataGenerator(ids, data["labels"], img_size=(32, 16), img_dir=folder)
+    with pytest.raises(GeneratorError, match="give `image_dir` or its alias `img_dir`, not both"):
+        DataGenerator(ids, data["labels"], image_dir=folder, img_dir=folder, size=32)
+    with pytest.raises(GeneratorError, match="`image_ids` \\(or `list_IDs`\\) is required"):
+        DataGenerator(labels=data["labels"], image_dir=folder)
+
+
 def test_context_slices_are_read_once_per_batch_and_across_batches(data):
     meta = data["meta"]
     test = meta[meta["readable"] & (meta["split"] == "test")].sort_values(["series_uid", "slice_index"])  # fmt: skip
