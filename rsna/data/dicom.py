@@ -36,6 +36,7 @@ import contextlib
 import io
 import math
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -421,6 +422,24 @@ class _Parsed:
         return correct_unused_bits(arr, bits_stored=h.bits_stored)
 
 
+def _open_regular(path: Path):
+    """`path` opened for reading if it is a regular file (a symlink to one included).
+
+    Opened without blocking, so a FIFO or a device named like a slice is refused at once
+    instead of waiting forever for a writer.
+
+    Raises:
+        DicomError: not a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+        raise DicomError(path, f"not a regular file ({kind})")
+    return os.fdopen(fd, "rb")
+
+
 def _parse(
     path: Path,
     *,
@@ -434,7 +453,7 @@ def _parse(
             path, f"`reader` must be auto, fast or pydicom. Received: reader={reader!r}"
         )
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(path) as fh:
             size = os.fstat(fh.fileno()).st_size
             if size > MAX_FILE_BYTES:
                 raise DicomError(

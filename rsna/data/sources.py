@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from rsna.data.labels import check_image_id
 from rsna.data.metadata import data_dir, read_metadata, scan_file
 from rsna.data.series import slice_order
 from rsna.data.windowing import DEFAULT_WINDOWS, Curve, Preprocessor, Window, window_name
-from rsna.errors import RsnaError
+from rsna.errors import DataWarning, RsnaError
 from rsna.parallel import parallel_map
 
 __all__ = ["DicomFolder", "DicomImages", "ImageSource", "ImageSpec", "SourceError"]
@@ -198,6 +199,23 @@ class DicomImages(_Dicoms):
         return f"DicomImages({len(self._path)} slices)"
 
 
+def _slice_files(folder: Path) -> tuple[list[str], list[str]]:
+    """The ``<image ID>.dcm`` regular files of `folder` (sorted), and the other ``.dcm``
+    entries: names that are no image ID (``notes.dcm``, ``ID_ABC.dcm``, macOS's
+    ``._ID_abc.dcm``), folders, FIFOs and devices. A symlink to a regular file counts."""
+    names, ignored = [], []
+    for entry in os.scandir(folder):
+        if not entry.name.endswith(".dcm"):
+            continue
+        try:
+            check_image_id(entry.name[:-4])
+            regular = entry.is_file()  # follows links; False for FIFOs, devices, folders
+        except (RsnaError, OSError):
+            regular = False
+        (names if regular else ignored).append(entry.name)
+    return sorted(names), ignored
+
+
 class DicomFolder(_Dicoms):
     """Read windowed images from a plain folder of ``<image ID>.dcm`` files.
 
@@ -205,6 +223,10 @@ class DicomFolder(_Dicoms):
     headers of every file in the folder are read once, on all cores with a progress
     bar, for each slice's series and z; nothing is written. Without it, every image is
     its own series, and a file that cannot be read is found when it is read.
+
+    Entries that are not regular ``<image ID>.dcm`` files (a stray ``notes.dcm``,
+    macOS's ``._`` files, a FIFO) are ignored with a warning and listed in ``ignored``;
+    asking for one of them is an error like any image that is not there.
 
     Raises:
         SourceError: the folder does not exist or holds no DICOM files.
@@ -223,12 +245,18 @@ class DicomFolder(_Dicoms):
             raise SourceError(
                 f"`image_dir` must be a folder. Received: image_dir={str(image_dir)!r}"
             )
-        names = sorted(e.name for e in os.scandir(self.image_dir) if e.name.endswith(".dcm"))
+        names, ignored = _slice_files(self.image_dir)
+        if ignored:
+            warnings.warn(
+                f"{self.image_dir}: ignored {len(ignored)} entries that are not regular "
+                f"<image ID>.dcm files, e.g. {sorted(ignored)[:5]}",
+                DataWarning,
+                stacklevel=3,
+            )
+        self.ignored = tuple(sorted(ignored))
         ids = [name[:-4] for name in names]
-        for image_id in ids:
-            check_image_id(image_id, where=str(self.image_dir))
         if not ids:
-            raise SourceError(f"{self.image_dir}: no .dcm files")
+            raise SourceError(f"{self.image_dir}: no <image ID>.dcm files")
         self._path = {i: str(self.image_dir / n) for i, n in zip(ids, names, strict=True)}
         self._ok, self._reason = dict.fromkeys(ids, True), {}
         self.slices = pd.DataFrame(

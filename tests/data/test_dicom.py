@@ -220,7 +220,7 @@ def _jpeg_garbage(tmp_path: Path) -> Path:
 
 BAD_FILES = {
     "missing": (lambda t: t / "nope.dcm", "cannot read file"),
-    "directory": (lambda t: t, "cannot read file"),
+    "directory": (lambda t: t, "not a regular file \\(a folder\\)"),
     "empty": (lambda t: _put(t / "e.dcm", b""), "not an image|cannot parse|not a DICOM"),
     "random bytes": (
         lambda t: _put(t / "r.dcm", np.random.default_rng(0).bytes(3000)),
