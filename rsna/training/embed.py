@@ -24,7 +24,7 @@ from rsna.config import Config
 from rsna.predictions import PredictError, test_images
 from rsna.preflight import check_store
 from rsna.training.fold import config_folds, fold_numbers
-from rsna.training.models import load_model
+from rsna.training.models import check_slice_model, load_model
 from rsna.training.stage1 import predict_views
 from rsna.training.strategy import choose_strategy
 
@@ -54,6 +54,7 @@ def embed_fold(
         active = strategy or choose_strategy()
         with active.scope():
             model = load_model(fold_dir / runs.BEST_MODEL)
+            check_slice_model(model, config, path=fold_dir / runs.BEST_MODEL)
             outputs = [model.get_layer("features").output, model.get_layer("logits").output]
             embedder = keras.Model(model.input, outputs)
         for name, ids in todo.items():

@@ -42,7 +42,10 @@ from rsna.training.precision import resolve_precision
 
 __all__ = [
     "BN_MOMENTUM",
+    "MAX_INFLATION",
+    "MAX_MODEL_BYTES",
     "ModelFileError",
+    "check_slice_model",
     "SubtypeL2",
     "build_model",
     "build_sequence_model",
@@ -373,7 +376,68 @@ def _uses_keras_hub(path: Path) -> bool:
 
 
 class ModelFileError(RsnaError):
-    """A saved model cannot be loaded: missing, truncated, tampered with, or unsafe."""
+    """A saved model cannot be loaded: missing, truncated, tampered with, unsafe, too
+    large once inflated, or not a model of the shape asked for."""
+
+
+#: The most bytes a model archive may inflate to (every member together): four times
+#: the largest backbone of the table in float32 (ConvNeXtLarge, 0.8 GB), for the
+#: optimizer's state and headroom. A larger archive is refused before it is extracted.
+MAX_MODEL_BYTES = 4 * 2**30
+#: The most a member of over 64 MiB may inflate relative to its stored size: float
+#: weights barely compress, so a member that inflates more is a zip bomb.
+MAX_INFLATION = 100
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse an archive whose members would inflate past the bounds, before reading any.
+
+    Raises:
+        ModelFileError: naming the member and its sizes.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip: Keras's own error says what it is
+    total = sum(m.file_size for m in members)
+    if total > MAX_MODEL_BYTES:
+        raise ModelFileError(
+            f"{path}: the archive inflates to {total:,} bytes, more than "
+            f"MAX_MODEL_BYTES={MAX_MODEL_BYTES:,}; refused before extracting it"
+        )
+    for m in members:
+        if m.file_size > 64 * 2**20 and m.file_size > MAX_INFLATION * max(m.compress_size, 1):
+            raise ModelFileError(
+                f"{path}: member {m.filename} inflates from {m.compress_size:,} to "
+                f"{m.file_size:,} bytes (more than {MAX_INFLATION}x); refused as a zip bomb"
+            )
+
+
+def check_slice_model(model: keras.Model, config: Config, *, path: str | os.PathLike[str]) -> None:
+    """Refuse a loadable model that is not `config`'s slice model.
+
+    Raises:
+        ModelFileError: another input shape, not six outputs, or no ``features`` and
+            ``logits`` layers (which embedding needs), naming what was expected.
+    """
+    size, channels = config.image.size, config.channels
+    expected = (size, size, channels)
+    inputs = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
+    outputs = model.output_shape if not isinstance(model.output_shape, list) else None
+    names = {layer.name for layer in model.layers}
+    problems = []
+    if inputs != expected:
+        problems.append(f"input {inputs} where the config gives {expected}")
+    if outputs is None or outputs[-1] != len(LABELS):
+        problems.append(f"output {model.output_shape} where {len(LABELS)} probabilities are expected")
+    if not {"features", "logits"} <= names:
+        problems.append("no `features` and `logits` layers")
+    if problems:
+        raise ModelFileError(
+            f"{path}: not this config's slice model: {'; '.join(problems)}. Retrain the "
+            "fold with `rsna train ... --retrain`, or point the config at the run that made it"
+        )
 
 
 def load_model(path: str | os.PathLike[str]) -> keras.Model:
@@ -384,6 +448,7 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
             with, or holds code (a Lambda layer) that safe mode refuses.
     """
     path = Path(path)
+    _check_archive(path)
     if _uses_keras_hub(path):
         _import_keras_hub()  # registers keras-hub's classes for deserialisation
     try:
@@ -391,5 +456,5 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad archive
         raise ModelFileError(
             f"{path}: cannot load the model ({type(exc).__name__}: {str(exc)[:300]}); "
-            "retrain the fold with `rsna train ... --force`"
+            "retrain the fold with `rsna train ... --retrain`"
         ) from exc

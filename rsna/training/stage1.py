@@ -41,7 +41,7 @@ from rsna.training.fold import (
     run_fold,
 )
 from rsna.training.generator import DataGenerator, PaddedBatches, trim
-from rsna.training.models import build_model, load_model
+from rsna.training.models import build_model, check_slice_model, load_model
 from rsna.training.precision import resolve_precision
 from rsna.training.strategy import choose_strategy
 
@@ -211,6 +211,7 @@ def predict_test(config: Config, *, write: bool = True, strategy=None) -> Predic
     for path in models.values():
         with active.scope():
             model = load_model(path)
+        check_slice_model(model, config, path=path)
         probs, unreadable = predict_images(model, test.present, config, replicas=replicas)
         per_fold.append(probs)
         keras.backend.clear_session()

@@ -259,3 +259,51 @@ def test_a_preset_folder_and_the_keras_hub_backbone_go_together(hub_preset, tmp_
         config(backbone="EfficientNetB0", weights=str(folder))
     with pytest.raises(ConfigError, match="it holds config.json\\). Received: weights='/"):
         config(backbone="keras_hub", weights=str(tmp_path))  # a folder that is no preset
+
+
+def test_a_zip_bomb_is_refused_before_it_is_extracted(tmp_path):
+    """A 1 MB archive whose weights member inflates to 256 MiB (the 'model.weights.h5' of
+    zeros) is refused from its header alone; nothing is inflated."""
+    import tracemalloc
+    import zipfile
+
+    from rsna.training.models import ModelFileError
+
+    bomb = tmp_path / "best.keras"
+    chunk = bytes(2**20)
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", "{}")
+        with archive.open("model.weights.h5", "w", force_zip64=True) as member:
+            for _ in range(256):
+                member.write(chunk)
+    assert bomb.stat().st_size < 2**20
+    tracemalloc.start()
+    with pytest.raises(ModelFileError, match="member model.weights.h5 inflates from .* refused as a zip bomb"):
+        load_model(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20
+
+
+def test_an_archive_past_the_size_bound_is_refused(tmp_path):
+    from rsna.training.models import ModelFileError
+
+    path = tmp_path / "m.keras"
+    build_model(config()).save(path)
+    with mock.patch("rsna.training.models.MAX_MODEL_BYTES", 1000):
+        with pytest.raises(ModelFileError, match="inflates to .* more than MAX_MODEL_BYTES=1,000"):
+            load_model(path)
+    assert load_model(path).output_shape == (None, 6)
+
+
+def test_a_foreign_model_says_what_was_expected(tmp_path):
+    from rsna.training.models import ModelFileError, check_slice_model
+
+    model = build_model(config(weights="random"))
+    check_slice_model(model, config(), path="best.keras")  # its own config: fine
+    with pytest.raises(ModelFileError, match=r"input \(32, 32, 9\) where the config gives \(64, 64, 9\)"):
+        check_slice_model(model, config(size=64), path="best.keras")
+    inputs = keras.Input((32, 32, 9))
+    three = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    with pytest.raises(ModelFileError, match="output .* where 6 probabilities are expected.*no `features` and `logits`"):
+        check_slice_model(three, config(), path="best.keras")
