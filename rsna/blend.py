@@ -31,6 +31,7 @@ from rsna.errors import RsnaError
 from rsna.evaluate import fold_scores, read_fold_oof, significant, split_by_fold
 from rsna.metrics import WEIGHTS, logit, per_label_log_loss, sigmoid, weighted_log_loss
 from rsna.predictions import TestImages, test_images, with_prior
+from rsna.runfiles import read_long_predictions
 from rsna.stack import STACKERS, StackError, StackParams, StackResult, describe, stack_runs
 
 __all__ = [
@@ -86,16 +87,9 @@ class BlendResult:
 
 
 def read_submission(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """A Kaggle ``ID,Label`` file as a wide frame: image ID -> LABELS."""
-    long = pd.read_csv(path)
-    parts = long["ID"].str.rsplit("_", n=1, expand=True)
-    wide = long.assign(image_id=parts[0], label=parts[1]).pivot(
-        index="image_id", columns="label", values="Label"
-    )
-    absent = [c for c in LABELS if c not in wide.columns]
-    if absent:
-        raise BlendError(f"{path}: no rows for label(s) {absent}")
-    return wide[list(LABELS)]
+    """A Kaggle ``ID,Label`` file as a wide frame: image ID -> LABELS, every value checked
+    (:func:`rsna.runfiles.read_long_predictions`)."""
+    return read_long_predictions(path)
 
 
 def read_run(folder: str | os.PathLike[str], *, name: str | None = None) -> RunPredictions:
@@ -413,6 +407,13 @@ def blend_runs(
     work_dir = Path(work_dir) if work_dir is not None else run_work_dir(folders[0])
     truth = read_prepared_labels(work_dir)
     test_set = test_images(work_dir)
+    for run in found:
+        unknown = run.oof.index.difference(truth.index)
+        if len(unknown):
+            raise BlendError(f"run {run.name}: {len(unknown)} out-of-fold images have no labels in {work_dir} (e.g. {unknown[0]}); was it trained on another work folder?")  # fmt: skip
+        if not run.test.index.sort_values().equals(test_set.images.sort_values()):
+            other = run.test.index.symmetric_difference(test_set.images)
+            raise BlendError(f"run {run.name}: its submission's images differ from the sample submission's (e.g. {other[0]})")  # fmt: skip
     out = Path(out)
     if stack is None:
         result = cross_validated_blend(found, truth, weights=weights)

@@ -21,6 +21,7 @@ from rsna import files, runs
 from rsna.data.metadata import read_prepared_labels
 from rsna.errors import RsnaError
 from rsna.metrics import per_label_log_loss, prior_predictions
+from rsna.runfiles import RunFileError, read_wide_predictions
 
 __all__ = [
     "EvaluateError",
@@ -50,9 +51,25 @@ class Evaluation:
 
 
 def read_fold_oof(stage_folder: str | os.PathLike[str]) -> dict[int, pd.DataFrame]:
-    """Fold number -> that fold's ``oof.csv``, for every fold of a stage that has one."""
+    """Fold number -> that fold's ``oof.csv``, for every fold of a stage that has one,
+    each checked (:func:`rsna.runfiles.read_wide_predictions`); an image in two folds'
+    files is an error.
+
+    Raises:
+        rsna.runfiles.RunFileError: a malformed file, or an image in two folds.
+    """
     parts = runs.fold_dirs(stage_folder, holding=runs.OOF)
-    return {k: pd.read_csv(p / runs.OOF, index_col="image_id") for k, p in parts.items()}
+    read = {k: read_wide_predictions(p / runs.OOF) for k, p in parts.items()}
+    seen: dict[str, int] = {}
+    for k, frame in read.items():
+        for image_id in frame.index:
+            if image_id in seen:
+                raise RunFileError(
+                    f"{stage_folder}: image {image_id} is in fold_{seen[image_id]}/{runs.OOF} "
+                    f"and fold_{k}/{runs.OOF}; an image is out of one fold only"
+                )
+            seen[image_id] = k
+    return read
 
 
 def split_by_fold(oof: pd.DataFrame, folds: pd.Series) -> dict[int, pd.DataFrame]:
