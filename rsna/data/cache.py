@@ -32,6 +32,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -42,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pandas as pd
 
@@ -65,11 +67,16 @@ __all__ = [
     "build_cache",
     "cache_dir",
     "complete_store",
+    "read_store_json",
+    "record_tag",
+    "spec_id",
     "plan_shards",
 ]
 
-#: The layout version of a store: 1 was raw .npy shards, 2 is TFRecord shards.
-FORMAT_VERSION = 2
+#: The layout version of a store: 1 was raw .npy shards, 2 TFRecord shards, 3 adds each
+#: record's tag (its image ID and the store's spec bound into one CRC-32C) and each
+#: shard's build spec.
+FORMAT_VERSION = 3
 SPEC_FILE, INDEX_FILE = "cache.json", "index.parquet"
 
 
@@ -95,7 +102,7 @@ def complete_store(work_dir: str | os.PathLike[str], spec: ImageSpec, codec: Cod
             reading the DICOMs in silence).
     """
     path = cache_dir(work_dir, spec, codec)
-    stored = files.read_json(path / SPEC_FILE) if (path / SPEC_FILE).is_file() else None
+    stored = read_store_json(path / SPEC_FILE) if (path / SPEC_FILE).is_file() else None
     if stored is not None and stored.get("complete"):
         return path
     state = "is unfinished (rerun the same command: it resumes)" if stored else "is not built"
@@ -188,6 +195,10 @@ def build_cache(
     paths = [str(base / rel) for rel in order["file"]]
     readable, reasons = order["readable"].to_numpy(), order["reason"].to_numpy()
     mine = [k for k in range(len(shards)) if k % num_shards == shard_index]
+    built = {"id": spec_id(spec, codec), "describe": f"{spec.describe()}, codec={codec.tag}"}
+    for k in range(len(shards)):  # finished shards, this part's or another's: the same build?
+        if _shard_done(root, k):
+            _shard_status(root, k, built=built)
     todo = [k for k in mine if not _shard_done(root, k)]
     jobs = [(paths[i], bool(readable[i]), str(reasons[i])) for k in todo for i in shards[k]]
     encoded = parallel_map(
@@ -195,7 +206,7 @@ def build_cache(
     )
     try:
         for i, k in enumerate(todo):
-            _write_shard(root, k, [next(encoded) for _ in shards[k]], order.index[shards[k]])
+            _write_shard(root, k, [next(encoded) for _ in shards[k]], order.index[shards[k]], built=built)
             if i == 0 and check_disk:
                 _check_disk(root, shards, left=[shards[j] for j in todo[1:]], total=len(order))
     finally:
@@ -204,7 +215,7 @@ def build_cache(
     unreadable: dict[str, str] = {}
     full_view: tuple[str, ...] = ()
     if missing == 0:
-        index = _write_index(root, order[["series_uid", "slice_index"]], shards)
+        index = _write_index(root, order[["series_uid", "slice_index"]], shards, built=built)
         unreadable = index.loc[~index["ok"], "reason"].to_dict()
         full_view = tuple(index.index[index["ok"] & index["full_view"]])
         files.write_json(root / SPEC_FILE, _spec_json(spec, codec, shard_size, len(shards), complete=True, images=len(order), full_view=len(full_view)))  # fmt: skip
@@ -268,13 +279,27 @@ def _spec_json(spec: ImageSpec, codec: Codec, shard_size: int, shards: int, **ex
     return {"format": FORMAT_VERSION, **spec.to_json(), "codec": codec.to_json(), "shard_size": shard_size, "shards": shards, **extra}  # fmt: skip
 
 
+def spec_id(spec: ImageSpec, codec: Codec) -> str:
+    """A short digest of what a store holds (the spec and the codec, not its library's
+    version), bound into every record's tag and recorded by every shard."""
+    wanted = {**spec.to_json(), "codec": {k: v for k, v in codec.to_json().items() if k != "library"}}
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def record_tag(image_id: str, spec_digest: str, data: bytes | memoryview) -> int:
+    """CRC-32C of the image ID, the store's spec digest and the record's data: a record
+    read for another image, or from a store of other options, fails its tag."""
+    head = google_crc32c.value(f"{image_id}\0{spec_digest}\0".encode())
+    return google_crc32c.extend(head, bytes(data) if isinstance(data, memoryview) else data)
+
+
 def _claim(
     root: Path, spec: ImageSpec, codec: Codec, shard_size: int, *, shards: int, force: bool
 ) -> None:
     """Make `root` a store of `spec` and `codec`, refusing to mix options with another."""
     spec_path = root / SPEC_FILE
     if spec_path.exists():
-        old = files.read_json(spec_path)
+        old = read_store_json(spec_path)
         wanted = _spec_json(spec, codec, shard_size, shards)
         same = all(old.get(k) == v for k, v in wanted.items() if k != "codec") and (
             {k: v for k, v in old.get("codec", {}).items() if k != "library"}
@@ -340,14 +365,18 @@ class _Encoder:
         return True, "", blob, self.spec.crop != "none" and self._preprocessor.last_box is None
 
 
-def _write_shard(root: Path, k: int, results: list, image_ids: pd.Index) -> None:
-    """Write shard k's records to a temporary file, its status, then move it into place."""
+def _write_shard(root: Path, k: int, results: list, image_ids: pd.Index, *, built: dict) -> None:
+    """Write shard k's records to a temporary file, its status (with the build's spec and
+    each record's tag), then move it into place."""
     temp = root / f".shard-{k:05d}.partial.tfrecord"
+    blobs = [blob for _, _, blob, _ in results]
     with open(temp, "wb") as fh:
-        placed = write_records(fh, [blob for _, _, blob, _ in results])
+        placed = write_records(fh, blobs)
         fh.flush()
         os.fsync(fh.fileno())
     status = {
+        "spec": built,
+        "tag": [record_tag(i, built["id"], b) for i, b in zip(image_ids, blobs, strict=True)],
         "image_id": list(image_ids),
         "ok": [ok for ok, _, _, _ in results],
         "reason": [reason for _, reason, _, _ in results],
@@ -359,19 +388,56 @@ def _write_shard(root: Path, k: int, results: list, image_ids: pd.Index) -> None
     os.replace(temp, _shard_path(root, k))
 
 
-def _write_index(root: Path, slices: pd.DataFrame, shards: list[range]) -> pd.DataFrame:
+def _shard_status(root: Path, k: int, *, built: dict) -> dict:
+    """Shard k's status file, checked: readable, complete, and made with `built`'s spec.
+
+    Raises:
+        CacheError: naming the shard, and both specs when another build made it (a part
+            built elsewhere with other options is never merged).
+    """
+    path = _status_path(root, k)
+    status = read_store_json(path)
+    keys = ("spec", "tag", "image_id", "ok", "reason", "full_view", "offset", "length")
+    missing = [key for key in keys if key not in status]
+    if missing:
+        raise CacheError(f"{path}: not a status file of this rsna (no {missing}); rebuild the store with --force")  # fmt: skip
+    theirs = status["spec"]
+    if not isinstance(theirs, dict) or theirs.get("id") != built["id"]:
+        raise CacheError(
+            f"{path}: shard {k} was built with other options ({theirs.get('describe') if isinstance(theirs, dict) else theirs}) "
+            f"than this store ({built['describe']}); rebuild that part with the same config, or --force"
+        )
+    lengths = {len(status[key]) for key in keys[1:]}
+    if len(lengths) != 1:
+        raise CacheError(f"{path}: its columns have different lengths {sorted(lengths)}; rebuild with --force")  # fmt: skip
+    return status
+
+
+def read_store_json(path: Path) -> dict:
+    """A store's JSON file (cache.json or a shard's status), or a CacheError naming it."""
+    try:
+        data = files.read_json(path)
+    except FileNotFoundError:
+        raise CacheError(f"{path}: missing; rerun `rsna preprocess`") from None
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CacheError(f"{path}: unreadable ({' '.join(str(exc).split())}); rerun `rsna preprocess --force`") from None  # fmt: skip
+    if not isinstance(data, dict):
+        raise CacheError(f"{path}: not a JSON object; rerun `rsna preprocess --force`")
+    return data
+
+
+def _write_index(root: Path, slices: pd.DataFrame, shards: list[range], *, built: dict) -> pd.DataFrame:
     """image_id -> shard, row, offset, length, ok, reason, series_uid, slice_index."""
     parts = []
     for k, rows in enumerate(shards):
-        status = files.read_json(_status_path(root, k))
+        status = _shard_status(root, k, built=built)
         if status["image_id"] != list(slices.index[rows]):
             raise CacheError(f"{_status_path(root, k)}: the shard holds other images than planned; rebuild with --force")  # fmt: skip
-        status.setdefault("full_view", [False] * len(rows))  # shards written before the crop
-        parts.append(pd.DataFrame({"shard": k, "row": range(len(rows)), **{c: status[c] for c in ("offset", "length", "ok", "reason", "full_view")}}))  # fmt: skip
+        parts.append(pd.DataFrame({"shard": k, "row": range(len(rows)), **{c: status[c] for c in ("offset", "length", "ok", "reason", "full_view", "tag")}}))  # fmt: skip
     index = pd.concat(parts, ignore_index=True)
     index.index = slices.index
     index = pd.concat([index, slices], axis=1)
-    index = index.astype({"shard": "int32", "row": "int32", "offset": "int64", "length": "int32", "ok": "bool", "full_view": "bool", "slice_index": "int64"})  # fmt: skip
+    index = index.astype({"shard": "int32", "row": "int32", "offset": "int64", "length": "int32", "ok": "bool", "full_view": "bool", "slice_index": "int64", "tag": "uint32"})  # fmt: skip
     files.write_parquet(index, root / INDEX_FILE)
     return index
 
@@ -412,11 +478,14 @@ class ImageCache(ImageSource):
         self.path = Path(path) if not self.remote else Path(self.location.split("://")[-1])
         self._read_bytes = read_bytes
         stored = self._stored()
-        self.spec = ImageSpec.from_json(stored)
         try:
+            self.spec = ImageSpec.from_json(stored)
             self.codec = Codec.from_json(stored["codec"], where=f"{self.path}: ")
         except CodecError as exc:
             raise CacheError(str(exc)) from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CacheError(f"{self.path}/{SPEC_FILE}: not a store description ({type(exc).__name__}: {exc}); rebuild with `rsna preprocess --force`") from None  # fmt: skip
+        self.spec_id = spec_id(self.spec, self.codec)
         if expect is not None and expect != self.spec:
             raise CacheError(
                 f"{self.path} holds images made with {self.spec.describe()}; asked for {expect.describe()}"
@@ -425,10 +494,7 @@ class ImageCache(ImageSource):
             raise CacheError(
                 f"{self.path} is stored with codec {self.codec.tag}; asked for {codec.tag}"
             )
-        if self.remote:
-            self.index = pd.read_parquet(io.BytesIO(read_bytes(f"{self.location}/{INDEX_FILE}")))
-        else:
-            self.index = pd.read_parquet(self.path / INDEX_FILE)
+        self.index = self._read_index()
         self.slices = self.index[["series_uid", "slice_index"]]
         self._where = dict(
             zip(
@@ -440,8 +506,28 @@ class ImageCache(ImageSource):
             )
         )
         self._ok = dict(zip(self.index.index, self.index["ok"].to_numpy(), strict=True))
+        self._tag = dict(zip(self.index.index, self.index["tag"].to_numpy(), strict=True))
         self._reason = self.index.loc[~self.index["ok"], "reason"].to_dict()
         self._open()
+
+    def _read_index(self) -> pd.DataFrame:
+        """index.parquet, checked: its columns and types, unique IDs; or a CacheError."""
+        where = f"{self.location}/{INDEX_FILE}"
+        try:
+            if self.remote:
+                index = pd.read_parquet(io.BytesIO(self._read_bytes(where)))
+            else:
+                index = pd.read_parquet(self.path / INDEX_FILE)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+            raise CacheError(f"{where}: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); rerun `rsna preprocess` to rewrite it") from None  # fmt: skip
+        need = {"shard": "i", "row": "i", "offset": "i", "length": "i", "ok": "b", "tag": "u", "series_uid": "O", "slice_index": "i"}  # fmt: skip
+        wrong = [c for c, kind in need.items() if c not in index.columns or index[c].dtype.kind != kind]
+        if wrong or not index.index.is_unique:
+            problem = f"columns {wrong} missing or of another type" if wrong else "repeated image IDs"
+            raise CacheError(f"{where}: not this store's index ({problem}); rerun `rsna preprocess` to rewrite it")  # fmt: skip
+        if "reason" not in index.columns:
+            index["reason"] = ""
+        return index
 
     def _stored(self) -> dict:
         if self.remote:
@@ -455,7 +541,7 @@ class ImageCache(ImageSource):
                 raise CacheError(
                     f"{self.path}: no cache here (no {SPEC_FILE}); run `rsna preprocess` first"
                 )
-            stored = files.read_json(spec_path)
+            stored = read_store_json(spec_path)
         if stored.get("format") != FORMAT_VERSION:
             raise CacheError(f"{self.path}: made by {_describe(stored)}; rebuild it with `rsna preprocess --force`")  # fmt: skip
         if not stored.get("complete"):
@@ -500,6 +586,12 @@ class ImageCache(ImageSource):
         path = self.shard_path(int(shard))
         try:
             data = read_record(self._fd(int(shard)), int(offset), int(length), path=path)
+            if record_tag(image_id, self.spec_id, data) != self._tag[image_id]:
+                raise CacheError(
+                    f"{path}: the record at byte {int(offset)} is not image {image_id}'s "
+                    "(its tag binds another image or store options): the index is stale or "
+                    "edited; rerun `rsna preprocess --force`"
+                )
             self.codec.decode_into(data, out)
         except (RecordError, CodecError) as exc:
             raise CacheError(f"{path}: image {image_id}: {exc}") from exc

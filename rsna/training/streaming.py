@@ -29,7 +29,7 @@ import pandas as pd
 
 from rsna.data.augment import Augment
 from rsna.data.augment import augment as augment_image
-from rsna.data.cache import ImageCache
+from rsna.data.cache import CacheError, ImageCache, record_tag
 from rsna.data.labels import LABELS
 from rsna.data.series import neighbours
 from rsna.errors import RsnaError
@@ -181,6 +181,12 @@ class _Plan:
         self.store, self.wanted = store, wanted
         self.shards = sorted(int(k) for k in wanted["shard"].unique())
         self.rows = store.index.groupby("shard")["row"].count().to_dict()
+        ordered = store.index.sort_values(["shard", "row"])
+        self._owners = {  # shard -> (image IDs, tags) by row, to check each record's tag
+            int(k): (part.index.to_numpy(), part["tag"].to_numpy())
+            for k, part in ordered.groupby("shard")
+            if int(k) in self.shards
+        }
         self._by_shard = {k: np.flatnonzero(wanted["shard"].to_numpy() == k) for k in self.shards}
         self._stacks, self._targets = (
             stacks,
@@ -205,7 +211,13 @@ class _Plan:
         spec, codec = self.store.spec, self.store.codec
         slices = np.unique(self._stacks[samples])
         decoded = {}
+        ids, tags = self._owners[k]
         for row in slices:
+            if record_tag(ids[row], self.store.spec_id, records[row]) != tags[row]:
+                raise CacheError(
+                    f"{self.store.shard_path(k)}: record {int(row)} is not image {ids[row]}'s "
+                    "(its tag binds another image or store options); rerun `rsna preprocess --force`"
+                )
             image = np.empty(spec.shape, np.uint8)
             codec.decode_into(records[row], image)
             decoded[int(row)] = image

@@ -4,6 +4,7 @@ splits into parts, refuses mixing, and never gives a wrong image from a damaged 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -301,3 +302,62 @@ def test_a_store_that_would_not_fit_stops_after_its_first_shard(tiny_work, tmp_p
     monkeypatch.undo()
     result = build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=4, workers=1)
     assert result.complete and result.shards_reused == 1
+
+
+def test_parts_built_with_other_options_are_never_merged(tiny_work, tmp_path):
+    """Half a store here, the other half "on another machine" with other windows, the
+    shards copied together: the rerun that would write the index refuses, naming both."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    build_cache(tiny_work, ImageSpec(size=16), out=ours, shard_size=8, workers=1, num_shards=2, shard_index=0)  # fmt: skip
+    other = ImageSpec(size=16, windows=(BRAIN, BONE, BRAIN))
+    build_cache(tiny_work, other, out=theirs, shard_size=8, workers=1, num_shards=2, shard_index=1)  # fmt: skip
+    for path in theirs.glob("shard-*"):
+        if not (ours / path.name).exists():
+            shutil.copy(path, ours / path.name)
+    with pytest.raises(CacheError, match=r"shard \d+ was built with other options \(size=16, windows=brain,bone,brain.*than this store \(size=16, windows=brain,subdural,soft"):
+        build_cache(tiny_work, ImageSpec(size=16), out=ours, shard_size=8, workers=1)
+    assert not (ours / "index.parquet").exists()
+
+
+def test_a_stale_or_edited_index_never_returns_another_images_pixels(tiny_work, tmp_path):
+    out = tmp_path / "store"
+    build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=8, workers=1)
+    index = pd.read_parquet(out / "index.parquet")
+    readable = index[index["ok"]]
+    shard = readable["shard"].mode()[0]
+    a, b = readable.index[readable["shard"] == shard][:2]
+    out_image = np.zeros((16, 16, 3), np.uint8)
+    swapped = index.copy()
+    for column in ("offset", "length"):
+        swapped.loc[[a, b], column] = index.loc[[b, a], column].to_numpy()
+    files.write_parquet(swapped, out / "index.parquet")
+    with pytest.raises(CacheError, match=f"is not image {a}'s .*the index is stale or edited"):
+        ImageCache(out).read_into(a, out_image)
+    renamed = index.rename(index={a: b, b: a})  # image IDs permuted within a shard
+    files.write_parquet(renamed, out / "index.parquet")
+    with pytest.raises(CacheError, match="is not image"):
+        ImageCache(out).read_into(a, out_image)
+    files.write_parquet(index, out / "index.parquet")
+    ImageCache(out).read_into(a, out_image)  # the true index reads
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("cache.json", b"{not json", "cache.json: unreadable"),
+        ("cache.json", b"[1, 2]", "cache.json: not a JSON object"),
+        ("cache.json", b'{"format": 3, "complete": true}', "cache.json: not a store description"),
+        ("cache.json", b"\xff\xfe\x00", "cache.json: unreadable"),
+        ("index.parquet", b"PAR1 not really", "index.parquet: unreadable"),
+        ("index.parquet", None, "index.parquet: not this store's index"),
+    ],
+)
+def test_a_corrupt_store_file_is_a_cache_error(tiny_work, tmp_path, name, content, message):
+    out = tmp_path / "store"
+    build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=16, workers=1)
+    if content is None:  # a readable parquet file without the tag column
+        files.write_parquet(pd.read_parquet(out / name).drop(columns="tag"), out / name)
+    else:
+        (out / name).write_bytes(content)
+    with pytest.raises(CacheError, match=message):
+        ImageCache(out)
