@@ -64,6 +64,10 @@ def _read_id_label(path: Path, what: str) -> pd.DataFrame:
     if blank.any():
         line = int(np.flatnonzero(blank.to_numpy())[0]) + 2
         raise SubmissionError(f"{path}, line {line}: a blank line in {what}")
+    empty = frame["ID"].isna()
+    if empty.any():
+        line = int(np.flatnonzero(empty.to_numpy())[0]) + 2
+        raise SubmissionError(f"{path}, line {line}: an empty ID in {what}")
     return frame
 
 

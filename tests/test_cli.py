@@ -99,6 +99,8 @@ TWO_WORKERS = '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {
         (None, ["--strategy", "multiworker"], "needs TF_CONFIG listing 2 or more workers"),
         ("{bad", [], "TF_CONFIG is not JSON"),
         (TWO_WORKERS % 5, [], "`task.index` must be an integer in [0, 2)"),
+        (None, ["--strategy", "tpu"], "`strategy='tpu'` but this machine shows no TPU"),
+        ('{"cluster": {"worker": ["127.0.0.1:1", "nohost"]}, "task": {"type": "worker", "index": 0}}', [], "must be 'host:port'"),
     ],
 )
 def test_a_cluster_that_cannot_train_is_refused_before_anything_starts(

@@ -124,3 +124,8 @@ def test_validate_existing_files(sample, tmp_path):
     )
     with pytest.raises(SubmissionError, match="line 5: Label must be a probability. Received: 'x'"):
         validate_submission(tmp_path / "text.csv", sample)
+    text = good.read_text().splitlines()
+    text[4] = "," + text[4].split(",")[1]  # line 5 loses its ID
+    (tmp_path / "empty_id.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(SubmissionError, match="empty_id.csv, line 5: an empty ID in"):
+        validate_submission(tmp_path / "empty_id.csv", sample)

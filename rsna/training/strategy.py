@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,10 @@ class Cluster:
         return self.rank == 0
 
 
+#: A TF_CONFIG address: host:port, or [IPv6]:port.
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}")
+
+
 def parse_tf_config(text: str) -> Cluster | None:
     """The cluster a ``TF_CONFIG`` value describes, or None when it lists one task or none.
 
@@ -83,11 +88,17 @@ def parse_tf_config(text: str) -> Cluster | None:
                 f"TF_CONFIG `cluster.{kind}` must be a list of 'host:port' strings. "
                 f"Received: {kind}={addresses!r}"
             )
+        for address in addresses:
+            if not _ADDRESS.fullmatch(address) or not 0 < int(address.rpartition(":")[2]) < 65536:
+                raise StrategyError(
+                    f"TF_CONFIG `cluster.{kind}` addresses must be 'host:port' with a port in "
+                    f"1-65535. Received: {address!r}"
+                )
         counts[kind] = len(addresses)
     if counts["chief"] > 1:
         raise StrategyError(f"TF_CONFIG lists {counts['chief']} chiefs; at most one may be given")
     workers = counts["chief"] + counts["worker"]
-    if workers <= 1:
+    if workers <= 1 and not spec.get("task"):
         return None
     task = spec.get("task")
     if not isinstance(task, dict):
@@ -102,6 +113,8 @@ def parse_tf_config(text: str) -> Cluster | None:
             f"TF_CONFIG `task.index` must be an integer in [0, {counts[kind]}) for the "
             f"{counts[kind]} {kind} address(es). Received: index={index!r}"
         )
+    if workers <= 1:
+        return None  # one task, named correctly: nothing to distribute
     rank = index if kind == "chief" else index + counts["chief"]
     return Cluster(workers, rank, f"{kind}:{index}")
 
@@ -147,6 +160,11 @@ def choose_strategy(
         return multi_worker_strategy(timeout=timeout)
     import tensorflow as tf
 
+    if name == "tpu" and not _tpu_present():
+        raise StrategyError(
+            "`strategy='tpu'` but this machine shows no TPU (no /dev/accel0, TPU_NAME or "
+            "COLAB_TPU_ADDR); use --strategy auto, or run on a TPU VM"
+        )
     if name == "tpu" or (name == "auto" and _tpu_present()):
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
             tpu="local" if _tpu_present() else None

@@ -54,6 +54,7 @@ def test_tf_config_names_each_workers_rank_and_the_chief():
 
 def test_a_single_task_cluster_is_not_multi_worker():
     assert parse_tf_config(tf_config(1, 0)) is None
+    assert parse_tf_config('{"cluster": {"worker": ["[::1]:2222"]}, "task": {"type": "worker", "index": 0}}') is None
     assert parse_tf_config('{"cluster": {}, "task": {}}') is None
 
 
@@ -79,6 +80,10 @@ def test_a_single_task_cluster_is_not_multi_worker():
             '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": true}}',
             "index=True",
         ),
+        ('{"cluster": {"worker": ["a:1", "b"]}}', "must be 'host:port'"),
+        ('{"cluster": {"worker": ["a:1", "b:0"]}}', "port in 1-65535"),
+        ('{"cluster": {"worker": ["a:1", "http://b:2"]}}', "Received: 'http://b:2'"),
+        ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 5}}', "index=5"),
     ],
 )
 def test_a_bad_tf_config_is_refused_naming_the_field(text, named):
