@@ -534,12 +534,15 @@ class _Ring:
     processes fork, and sends back only the slot's number; the parent's array is a view
     of the slot, no copy.
 
-    A slot is **leased** while any array made from that view lives (a weakref
-    finalizer clears the lease), and a worker writes into a slot only when it is not
-    leased; otherwise it makes a fresh array, which travels pickled. So a batch never
-    changes under whoever holds it, however long. Batch i uses slot i mod slots, with
-    more slots than Keras keeps batches in flight (``max_queue_size`` plus the workers):
-    in ``fit`` and ``predict`` a batch is released long before its slot comes round.
+    A slot is **leased** from the moment a worker claims it to write a batch (a test and
+    set under a lock shared by the processes) until the last array the parent made from
+    it is gone (a weakref finalizer clears the lease). A worker writes only into a slot
+    it has claimed; when batch i's slot (i mod slots) is leased, it makes a fresh array,
+    which travels pickled. So a batch in flight is never overwritten, whatever
+    ``max_queue_size`` and ``workers`` are (Keras reads ``max_queue_size=0`` as an
+    unbounded queue, so more batches can be in flight than there are slots: they travel
+    pickled), and a batch never changes under whoever holds it. The ring has
+    ``max_queue_size`` (8 when unbounded) plus the workers plus 2 slots.
     Needs the fork start method (Linux); elsewhere batches travel pickled, as Keras sends
     them.
     """
@@ -554,6 +557,7 @@ class _Ring:
         self.leases = np.frombuffer(
             self._memory, np.uint8, count=slots, offset=slots * self.slot_bytes
         )
+        self._claim = multiprocessing.get_context("fork").Lock()  # shared by forked workers
         _RINGS[self.key] = self
 
     @classmethod
@@ -561,14 +565,17 @@ class _Ring:
         uses_processes = generator.use_multiprocessing and generator.workers > 1
         if not uses_processes or multiprocessing.get_start_method(allow_none=False) != "fork":
             return None
-        slots = generator.max_queue_size + generator.workers + 2
-        return cls(slots, generator.batch_size, shape)
+        queue = generator.max_queue_size if generator.max_queue_size > 0 else 8
+        return cls(queue + generator.workers + 2, generator.batch_size, shape)
 
     def slot(self, index: int, n: int) -> np.ndarray | None:
-        """In a worker: where batch `index` goes, or None while its slot is leased."""
+        """In a worker: where batch `index` goes, claimed for it, or None while its slot
+        is leased (by a batch in flight, or one the parent still holds)."""
         slot = index % self.slots
-        if self.leases[slot]:
-            return None
+        with self._claim:
+            if self.leases[slot]:
+                return None
+            self.leases[slot] = 1
         view = self.array[slot, :n].view(_RingBatch)
         view.ring_key, view.ring_slot = self.key, slot
         return view

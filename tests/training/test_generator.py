@@ -326,6 +326,27 @@ def test_a_plain_folder_of_dicoms_needs_nothing_prepared(data, tiny_competition)
         DataGenerator(ids, data["labels"], image_dir=folder / "nope", size=32)
 
 
+@pytest.mark.slow
+def test_an_unbounded_queue_never_gets_another_batchs_pixels(data):
+    """max_queue_size=0 is an unbounded queue to Keras: workers run far ahead of the ring.
+    Every batch of every epoch still equals the one-process batch, bit for bit."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    options = dict(batch_size=1, shuffle=True, context=1, cache=None, work_dir=data["work"])
+    gen = make(data, workers=2, use_multiprocessing=True, max_queue_size=0, **options)
+    assert gen._ring is not None and len(gen) > 2 * gen._ring.slots  # noqa: SLF001 - slots wrap
+    alone = make(data, **options)
+    adapter = PyDatasetAdapter(gen, shuffle=False)
+    for epoch in range(3):
+        gen.set_epoch(epoch)
+        adapter.on_epoch_begin()
+        got = [np.array(x) for x, _ in adapter.get_numpy_iterator()]
+        adapter.on_epoch_end()
+        assert len(got) == len(alone)
+        for index, x in enumerate(got):
+            np.testing.assert_array_equal(x, alone.load_batch(index, epoch=epoch)[0], err_msg=f"epoch {epoch}, batch {index}")  # fmt: skip
+
+
 def test_the_seeds_spelling_is_accepted(data, tiny_competition):
     """The popular Keras kernels call DataGenerator(list_IDs, labels, batch_size=32,
     img_size=(512, 512), img_dir=...): the same batches as rsna's own names."""
