@@ -24,8 +24,10 @@ Contract of :class:`DataGenerator`:
   of a series), each with all windows: ``[s-1 windows..., s windows..., s+1 windows...]``.
 * Training skips images known to be unreadable when it is built (a :class:`DataWarning`
   and ``gen.skipped``). A read that fails later drops that row from its batch (a warning,
-  and ``gen.failed`` in that process). Prediction keeps every row: unreadable images
-  give zeros and are listed in ``gen.unreadable``. A missing neighbour slice is replaced
+  and ``gen.failed``). Prediction keeps every row: unreadable images give zeros and are
+  listed in ``gen.unreadable``. Both lists hold each image once, in the order of
+  ``image_ids``, and gather what forked worker processes found too: a read's outcome is
+  a flag in memory shared with them. A missing neighbour slice is replaced
   by the centre slice.
 """
 
@@ -144,14 +146,17 @@ class DataGenerator(keras.utils.PyDataset):
         self.augment = Augment() if augment is True else (augment or None)
         self.epoch = 0
         self.skipped: list[str] = []
-        self.failed: list[str] = []
         self._decoded: dict[int, int] = {}  # slices read, by thread: see `decodes`
         ids = _checked_ids(image_ids, self.images)
         if to_fit:
             ids = self._drop_unreadable(ids)
             self._targets = _targets(ids, labels)
         self.image_ids = ids
-        self.unreadable = [i for i in ids if not self.images.readable(i)]
+        # per image: 0 read, FAILED, ZEROS; shared with forked workers (an anonymous mapping)
+        self._outcome = np.frombuffer(mmap.mmap(-1, max(len(ids), 1)), np.uint8)[: len(ids)]
+        for row, image_id in enumerate(ids):
+            if not self.images.readable(image_id):
+                self._outcome[row] = _ZEROS
         self._slices = neighbours(self.images.slices, ids, context=context)
         self._owner = os.getpid()
         self._local = threading.local()  # each thread's scratch buffers and last batch
@@ -251,7 +256,10 @@ class DataGenerator(keras.utils.PyDataset):
         x = self._batch_array(index, len(rows))  # each image is written straight into it
         kept = self._assemble(x, rows, rng)
         if not kept.all():
-            x, rows = x[kept], rows[kept]
+            slot = getattr(x, "ring_slot", None)
+            x, rows = np.asarray(x[kept]), rows[kept]  # a copy; the slot is free again
+            if slot is not None:
+                self._ring.leases[slot] = 0
         x = self._finish(x)
         return (x, self._targets[rows]) if self.to_fit else x
 
@@ -390,17 +398,30 @@ class DataGenerator(keras.utils.PyDataset):
         except RsnaError as exc:
             if self.to_fit:
                 warnings.warn(f"skipping {centre} in training: {exc}", DataWarning, stacklevel=2)
-                self.failed.append(centre)
+                self._outcome[row] = _FAILED
                 return False
             warnings.warn(f"predicting {centre} from zeros: {exc}", DataWarning, stacklevel=2)
-            self.unreadable.append(centre)
+            self._outcome[row] = _ZEROS
             out[...] = 0
         return True
+
+    @property
+    def failed(self) -> list[str]:
+        """Training images whose read failed after the generator was built (dropped from
+        their batches), each once, from this process and its forked workers."""
+        return [self.image_ids[row] for row in np.flatnonzero(self._outcome == _FAILED)]
+
+    @property
+    def unreadable(self) -> list[str]:
+        """Images given zeros: unreadable when built, or whose read failed in prediction;
+        each once, from this process and its forked workers."""
+        return [self.image_ids[row] for row in np.flatnonzero(self._outcome == _ZEROS)]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_ring"] = None  # shared memory and thread-locals belong to their process
         state["_local"] = None
+        state["_outcome"] = np.array(self._outcome)  # a copy: a spawned process's own
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -434,6 +455,10 @@ class DataGenerator(keras.utils.PyDataset):
             cv2.setNumThreads(0)
             self._owner = os.getpid()
 
+
+#: A read's outcome, per image (DataGenerator._outcome): its read failed in training (the
+#: row was dropped), or it was predicted from zeros.
+_FAILED, _ZEROS = 1, 2
 
 #: The seeds' keyword -> rsna's (the popular Keras kernels' ``DataGenerator(list_IDs,
 #: labels, batch_size=32, img_size=(512, 512), img_dir=...)``).
@@ -522,6 +547,8 @@ class _RingBatch(np.ndarray):
     """A batch in a ring slot: it pickles as its place, not as its 12 MB of pixels."""
 
     def __reduce__(self):
+        if not hasattr(self, "ring_key"):  # a slice or a selection of one (rows dropped): a copy
+            return np.asarray(self).__reduce__()
         return (_ring_view, (self.ring_key, self.ring_slot, self.shape[0]))
 
 

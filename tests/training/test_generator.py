@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import shutil
+import warnings
 
 import keras
 import numpy as np
@@ -172,6 +173,22 @@ def test_a_read_that_fails_later_drops_the_row_or_gives_zeros(data, tmp_path):
     with pytest.warns(DataWarning, match=f"predicting {victim} from zeros"):
         x = pred[0]
     assert x.shape[0] == 4 and not x[1].any() and pred.unreadable == [victim]
+    pred[0]  # read again: still listed once
+    assert pred.unreadable == [victim]
+    # what forked worker processes find reaches the parent, once per image
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    for to_fit, listed in ((False, "unreadable"), (True, "failed")):
+        labels = data["labels"] if to_fit else None
+        gen = DataGenerator(data["train"][:8], labels, work_dir=work, size=32, batch_size=1, to_fit=to_fit, workers=2, use_multiprocessing=True)  # fmt: skip
+        adapter = PyDatasetAdapter(gen, shuffle=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            for _ in range(2):  # two epochs: every image read twice
+                adapter.on_epoch_begin()
+                list(adapter.get_numpy_iterator())
+                adapter.on_epoch_end()
+        assert getattr(gen, listed) == [victim], listed
 
 
 def test_pickles_and_gives_the_same_batches(data):
