@@ -632,6 +632,19 @@ class EpochSync(keras.callbacks.Callback):
         super().__init__()
         self.generators = generators
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Refuse ``steps_per_epoch`` below the first generator's length: Keras then keeps
+        one iterator across epochs, which runs out of data, and an epoch would not be the
+        pure function of ``(seed, epoch)`` that resuming relies on."""
+        steps = (self.params or {}).get("steps")
+        first = self.generators[0] if self.generators else None
+        if first is not None and isinstance(first, keras.utils.PyDataset) and steps not in (None, len(first)):
+            raise GeneratorError(
+                f"`steps_per_epoch` must be len(generator)={len(first)} (or left out) with "
+                f"EpochSync. Received: steps_per_epoch={steps}. For shorter epochs, build the "
+                "generator on fewer image IDs"
+            )
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         for generator in self.generators:
             generator.set_epoch(epoch)

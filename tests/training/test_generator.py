@@ -364,6 +364,20 @@ def test_an_unbounded_queue_never_gets_another_batchs_pixels(data):
             np.testing.assert_array_equal(x, alone.load_batch(index, epoch=epoch)[0], err_msg=f"epoch {epoch}, batch {index}")  # fmt: skip
 
 
+def test_fewer_steps_than_the_generator_are_refused_with_epoch_sync(data):
+    """The seeds' `steps_per_epoch=len(x) // batch_size` habit: Keras then keeps one
+    iterator across epochs and runs out of data; EpochSync refuses it at the start."""
+    import keras
+
+    gen = make(data, batch_size=8)
+    inputs = keras.Input(gen.sample_shape)
+    model = keras.Model(inputs, keras.layers.Dense(6)(keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))))  # fmt: skip
+    model.compile(loss="binary_crossentropy")
+    with pytest.raises(GeneratorError, match=f"`steps_per_epoch` must be len\\(generator\\)={len(gen)}"):
+        model.fit(gen, epochs=2, steps_per_epoch=len(gen) - 1, shuffle=False, verbose=0, callbacks=[EpochSync(gen)])  # fmt: skip
+    model.fit(gen, epochs=1, steps_per_epoch=len(gen), shuffle=False, verbose=0, callbacks=[EpochSync(gen)])  # fmt: skip
+
+
 def test_the_seeds_spelling_is_accepted(data, tiny_competition):
     """The popular Keras kernels call DataGenerator(list_IDs, labels, batch_size=32,
     img_size=(512, 512), img_dir=...): the same batches as rsna's own names."""
