@@ -28,7 +28,7 @@ import google_crc32c
 
 from rsna.errors import RsnaError
 
-__all__ = ["HEADER_BYTES", "RecordError", "masked_crc", "read_record", "write_records"]
+__all__ = ["HEADER_BYTES", "RecordError", "masked_crc", "read_record", "record_at", "write_records"]
 
 #: Bytes of framing before a record's data (length and its CRC), and after it.
 HEADER_BYTES, FOOTER_BYTES = 12, 4
@@ -76,8 +76,22 @@ def read_record(fd: int, offset: int, length: int, *, path: str | os.PathLike[st
     Raises:
         RecordError: the file ends early, or a length or a checksum does not match.
     """
+    return record_at(os.pread(fd, HEADER_BYTES + length + FOOTER_BYTES, offset), 0, length, path=path, offset=offset)
+
+
+def record_at(
+    blob: bytes | memoryview, start: int, length: int, *, path: str | os.PathLike[str], offset: int | None = None
+) -> bytes:
+    """The data of the record whose framing starts at `start` in `blob` (a whole file, or
+    the record's own bytes), checked as :func:`read_record` checks it; `offset` names the
+    record's place in its file for messages (default: `start`).
+
+    Raises:
+        RecordError: the bytes end early, or a length or a checksum does not match.
+    """
+    offset = start if offset is None else offset
     size = HEADER_BYTES + length + FOOTER_BYTES
-    raw = os.pread(fd, size, offset)
+    raw = bytes(blob[start : start + size])
     if len(raw) < size:
         raise RecordError(
             f"{_where(path, offset)}: the file ends inside the record ({len(raw)} of {size} bytes)"

@@ -1,10 +1,12 @@
-"""Stream a store through tf.data: shards read in C++, decoded in parallel, each slice once.
+"""Stream a store through tf.data: shards read whole, decoded in parallel, each slice once.
 
 :func:`stream_dataset` is the store's fast path for ``model.fit``, ``tf.distribute`` and
 TPUs:
 
-* ``tf.data.TFRecordDataset`` reads the shards natively, from any path ``tf.io.gfile``
-  knows (a local disk, ``gs://``), verifying each record's checksum;
+* ``tf.io.read_file`` reads each shard whole, from any path ``tf.io.gfile`` knows (a
+  local disk, ``gs://``); the records an epoch needs are framed at the index's offsets
+  and checked (both checksums and the record's tag) in Python, so a corrupt or misplaced
+  record names its shard and image;
 * ``interleave`` keeps `cycle_length` shards open and decodes up to `parallel` of them at
   once, in threads: the codecs (zstd, OpenCV's JPEG) release the GIL, so throughput grows
   with the cores given;
@@ -31,6 +33,7 @@ from rsna.data.augment import Augment
 from rsna.data.augment import augment as augment_image
 from rsna.data.cache import CacheError, ImageCache, record_tag
 from rsna.data.labels import LABELS
+from rsna.data.records import RecordError, record_at
 from rsna.data.series import neighbours
 from rsna.errors import RsnaError
 
@@ -44,7 +47,7 @@ class StreamError(RsnaError):
 def open_store(location: str | os.PathLike[str]) -> ImageCache:
     """A store on a local disk, or at a URL ``tf.io.gfile`` knows (``gs://bucket/store``):
     its cache.json and index.parquet are then read through ``tf.io.gfile``, and its shards
-    by ``TFRecordDataset``."""
+    by ``tf.io.read_file``."""
     text = str(location)
     if "://" not in text:
         return ImageCache(location)
@@ -117,7 +120,6 @@ def stream_dataset(
         )
     shape = (store.spec.size, store.spec.size, store.spec.channels * (2 * context + 1))
     paths = tf.constant([str(store.shard_path(k)) for k in plan.shards])
-    most = int(max(plan.rows.values()))
     autotune = tf.data.AUTOTUNE
 
     def decode(k, e, records):
@@ -125,13 +127,15 @@ def stream_dataset(
 
     def shard(position, e):
         k = tf.gather(plan_ids, position)
-        records = tf.data.TFRecordDataset(tf.gather(paths, position)).batch(most)
+        # the whole shard, read through tf.io (local disk or gs://); its records are
+        # framed and checked in Python, so a corrupt one names its shard and image
+        blob = tf.data.Dataset.from_tensors(tf.io.read_file(tf.gather(paths, position)))
 
-        def samples(recs):
-            x, y = tf.numpy_function(decode, [k, e, recs], (tf.uint8, tf.float32))
+        def samples(data):
+            x, y = tf.numpy_function(decode, [k, e, data], (tf.uint8, tf.float32))
             return tf.ensure_shape(x, (None, *shape)), tf.ensure_shape(y, (None, len(LABELS)))
 
-        return records.map(samples).unbatch()
+        return blob.map(samples).unbatch()
 
     plan_ids = tf.constant(plan.shards, tf.int64)
     buffer = shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
@@ -183,7 +187,7 @@ class _Plan:
         self.rows = store.index.groupby("shard")["row"].count().to_dict()
         ordered = store.index.sort_values(["shard", "row"])
         self._owners = {  # shard -> (image IDs, tags) by row, to check each record's tag
-            int(k): (part.index.to_numpy(), part["tag"].to_numpy())
+            int(k): tuple(c.to_numpy() for c in (part.index, part["tag"], part["offset"], part["length"]))
             for k, part in ordered.groupby("shard")
             if int(k) in self.shards
         }
@@ -198,7 +202,7 @@ class _Plan:
         self,
         k: int,
         e: int,
-        records: np.ndarray,
+        records: bytes,
         *,
         shuffle: bool,
         augment: Augment | None,
@@ -211,15 +215,20 @@ class _Plan:
         spec, codec = self.store.spec, self.store.codec
         slices = np.unique(self._stacks[samples])
         decoded = {}
-        ids, tags = self._owners[k]
+        ids, tags, offsets, lengths = self._owners[k]
+        path = self.store.shard_path(k)
         for row in slices:
-            if record_tag(ids[row], self.store.spec_id, records[row]) != tags[row]:
+            try:
+                data = record_at(records, int(offsets[row]), int(lengths[row]), path=path)
+            except RecordError as exc:
+                raise CacheError(f"{path}: image {ids[row]}: {exc}") from exc
+            if record_tag(ids[row], self.store.spec_id, data) != tags[row]:
                 raise CacheError(
-                    f"{self.store.shard_path(k)}: record {int(row)} is not image {ids[row]}'s "
-                    "(its tag binds another image or store options); rerun `rsna preprocess --force`"
+                    f"{path}: record {int(row)} is not image {ids[row]}'s (its tag binds "
+                    "another image or store options); rerun `rsna preprocess --force`"
                 )
             image = np.empty(spec.shape, np.uint8)
-            codec.decode_into(records[row], image)
+            codec.decode_into(data, image)
             decoded[int(row)] = image
         step = spec.channels
         width = self._stacks.shape[1]

@@ -116,3 +116,25 @@ def test_a_store_at_a_url_streams_the_same_samples(data):
         np.testing.assert_array_equal(ya, yb)
     with pytest.raises(CacheError, match="a remote store is streamed"):
         remote.read(data["train"][0])
+
+
+def test_a_corrupt_record_names_its_shard_and_image(data, tmp_path):
+    """TFRecordDataset's own check said only DataLossError; the stream frames records
+    itself, so the error names the shard and the image."""
+    import shutil
+
+    import tensorflow as tf
+
+    store = data["store"]
+    copy = tmp_path / "store"
+    shutil.copytree(store.path, copy)
+    index = store.index[store.index["ok"]]
+    victim = next(i for i in data["train"] if i in index.index)
+    shard, offset = int(index.at[victim, "shard"]), int(index.at[victim, "offset"])
+    path = copy / f"shard-{shard:05d}.tfrecord"
+    raw = bytearray(path.read_bytes())
+    raw[offset + 20] ^= 0xFF  # a byte of the record's data
+    path.write_bytes(bytes(raw))
+    stream = stream_dataset(ImageCache(copy), data["train"], data["labels"], batch_size=4)
+    with pytest.raises(tf.errors.OpError, match=f"shard-{shard:05d}.tfrecord: image {victim}: .*checksum mismatch"):
+        list(stream.as_numpy_iterator())
