@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from harness import TINY_CODEC, TINY_SPEC
 from rsna import files
@@ -361,3 +363,36 @@ def test_a_corrupt_store_file_is_a_cache_error(tiny_work, tmp_path, name, conten
         (out / name).write_bytes(content)
     with pytest.raises(CacheError, match=message):
         ImageCache(out)
+
+
+@pytest.fixture(scope="module")
+def fuzz_store(tiny_work, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fuzz") / "store"
+    build_cache(tiny_work, ImageSpec(size=16), out=out, shard_size=16, workers=1)
+    return out
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    name=st.sampled_from(["cache.json", "index.parquet", "shard-00000.status.json"]),
+    cut=st.floats(0, 1),
+    junk=st.binary(max_size=64),
+)
+def test_any_damage_to_a_store_file_is_a_cache_error(fuzz_store, tmp_path_factory, name, cut, junk):
+    """A store file truncated anywhere, or with junk appended, opens as a CacheError or
+    reads the same images; never another exception."""
+    folder = tmp_path_factory.mktemp("damaged") / "store"
+    shutil.copytree(fuzz_store, folder)
+    raw = (folder / name).read_bytes()
+    (folder / name).write_bytes(raw[: int(len(raw) * cut)] + junk)
+    try:
+        cache = ImageCache(folder)
+        image = np.zeros((16, 16, 3), np.uint8)
+        for image_id in cache.index.index[cache.index["ok"]][:3]:
+            cache.read_into(image_id, image)
+    except CacheError:
+        return
+    # what opened must read what the undamaged store reads
+    good = ImageCache(fuzz_store)
+    for image_id in cache.index.index[cache.index["ok"]][:3]:
+        np.testing.assert_array_equal(cache.read(image_id), good.read(image_id))
