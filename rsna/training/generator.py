@@ -157,6 +157,15 @@ class DataGenerator(keras.utils.PyDataset):
         for row, image_id in enumerate(ids):
             if not self.images.readable(image_id):
                 self._outcome[row] = _ZEROS
+        if not to_fit and self._outcome.any():
+            first = self.unreadable[0]
+            warnings.warn(
+                f"predicting {len(self.unreadable)} unreadable images from zeros (listed in "
+                f"gen.unreadable; a submission gives them the prior), e.g. {first}: "
+                f"{self.images.reason(first)}",
+                DataWarning,
+                stacklevel=2,
+            )
         self._slices = neighbours(self.images.slices, ids, context=context)
         self._owner = os.getpid()
         self._local = threading.local()  # each thread's scratch buffers and last batch
