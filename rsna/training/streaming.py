@@ -184,7 +184,6 @@ class _Plan:
     ) -> None:
         self.store, self.wanted = store, wanted
         self.shards = sorted(int(k) for k in wanted["shard"].unique())
-        self.rows = store.index.groupby("shard")["row"].count().to_dict()
         ordered = store.index.sort_values(["shard", "row"])
         self._owners = {  # shard -> (image IDs, tags) by row, to check each record's tag
             int(k): tuple(c.to_numpy() for c in (part.index, part["tag"], part["offset"], part["length"]))
