@@ -368,10 +368,14 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, seed=args.seed, workers=args.workers, overrides=overrides)
 
 
-CONFIG_HELP = (
-    "the name of a shipped config (demo, baseline, kaggle, strong), or a path: a name with "
-    "no folder and no .toml is always a shipped config, so write ./my.toml for a file"
-)
+def _config_help() -> str:
+    """The help of a config argument, naming the configs that ship (read from the package)."""
+    from rsna.config import shipped_configs
+
+    return (
+        f"the name of a shipped config ({', '.join(shipped_configs())}), or a path: a name "
+        "with no folder and no .toml is always a shipped config, so write ./my.toml for a file"
+    )
 
 
 def _workers_argument(p: argparse.ArgumentParser) -> None:
@@ -403,7 +407,7 @@ def _config_arguments(
     p: argparse.ArgumentParser, *, folds: bool = False, stage: str | None = None
 ) -> None:
     """The arguments of every command that runs a config."""
-    p.add_argument("config", help=CONFIG_HELP)
+    p.add_argument("config", help=_config_help())
     if folds:
         p.add_argument(
             "--fold", type=_fold_list, default="all", help="a fold, a comma-separated list, or all"

@@ -27,10 +27,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rsna import files
 from rsna.backbones import BACKBONES, Backbone
 from rsna.config import Config
-from rsna.data.cache import SPEC_FILE, cache_dir
+from rsna.data.cache import SPEC_FILE, StoreMissing, complete_store, read_store_json
 from rsna.errors import RsnaError
 
 __all__ = [
@@ -206,13 +205,14 @@ def store_kb(config: Config) -> tuple[float, str]:
     """Bytes a slice (kB) of the store `config` reads, and where the figure comes from:
     the built store itself, else :data:`REAL_SLICE_KB` (scaled by area and channels)."""
     spec, codec = config.image.spec, config.codec
-    built = cache_dir(config.data.work_dir, spec, codec)
-    if (built / SPEC_FILE).is_file():
-        stored = files.read_json(built / SPEC_FILE)
-        shards = list(built.glob("shard-*.tfrecord"))
-        if stored.get("complete") and stored.get("images"):
-            size = sum(p.stat().st_size for p in shards)
-            return size / stored["images"] / 1000, f"measured: {built}"
+    try:
+        built = complete_store(config.data.work_dir, spec, codec)
+    except StoreMissing:
+        built = None
+    images = read_store_json(built / SPEC_FILE).get("images") if built else None
+    if images:
+        size = sum(p.stat().st_size for p in built.glob("shard-*.tfrecord"))
+        return size / images / 1000, f"measured: {built}"
     if codec.name == "raw":
         return spec.size**2 * spec.channels / 1000, "exact: raw bytes"
     crop = "head" if spec.crop == "head" else "none"

@@ -66,12 +66,17 @@ def _probabilities(path: Path, frame: pd.DataFrame, columns: list[str]) -> np.nd
     return values
 
 
-def _unique_ids(path: Path, ids: pd.Series, *, what: str) -> None:
+def _well_formed(path: Path, ids: pd.Series, *, what: str) -> None:
+    """Every one of `ids` an image ID (``ID_`` and lowercase hex), else the first line that is not."""
     for line, image_id in enumerate(ids, start=2):
         try:
             check_image_id(image_id)
         except LabelError:
             raise RunFileError(f"{path}: line {line}: {what} must be ID_ and lowercase hex. Received: {image_id!r}") from None  # fmt: skip
+
+
+def _no_repeats(path: Path, ids: pd.Series, *, what: str) -> None:
+    """No value of `ids` twice, else the first repeated one with both its lines."""
     repeated = ids[ids.duplicated(keep=False)]
     if len(repeated):
         lines = [int(i) + 2 for i in repeated.index[:2]]
@@ -91,7 +96,8 @@ def read_wide_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise RunFileError(f"{path}: the columns must be {expected}. Received: {list(frame.columns)}")
     if frame.empty:
         raise RunFileError(f"{path}: no rows")
-    _unique_ids(path, frame["image_id"], what="image_id")
+    _well_formed(path, frame["image_id"], what="image_id")
+    _no_repeats(path, frame["image_id"], what="image_id")
     values = _probabilities(path, frame, list(LABELS))
     return pd.DataFrame(values, index=pd.Index(frame["image_id"], name="image_id"), columns=list(LABELS))
 
@@ -116,15 +122,8 @@ def read_long_predictions(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise RunFileError(
             f"{path}: line {row + 2}: the ID must end in one of {list(LABELS)}. Received: {frame['ID'].iloc[row]!r}"
         )
-    repeated = frame["ID"][frame["ID"].duplicated(keep=False)]
-    if len(repeated):
-        lines = [int(i) + 2 for i in repeated.index[:2]]
-        raise RunFileError(f"{path}: ID {repeated.iloc[0]!r} appears more than once (lines {lines[0]} and {lines[1]})")  # fmt: skip
-    for line, image_id in enumerate(parts[0], start=2):
-        try:
-            check_image_id(image_id)
-        except LabelError:
-            raise RunFileError(f"{path}: line {line}: the image ID must be ID_ and lowercase hex. Received: {image_id!r}") from None  # fmt: skip
+    _no_repeats(path, frame["ID"], what="ID")
+    _well_formed(path, parts[0], what="the image ID")
     values = _probabilities(path, frame, ["Label"])[:, 0]
     long = pd.DataFrame({"image_id": parts[0], "label": parts[1], "p": values})
     wide = long.pivot(index="image_id", columns="label", values="p").reindex(columns=list(LABELS))

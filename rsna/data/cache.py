@@ -279,10 +279,16 @@ def _spec_json(spec: ImageSpec, codec: Codec, shard_size: int, shards: int, **ex
     return {"format": FORMAT_VERSION, **spec.to_json(), "codec": codec.to_json(), "shard_size": shard_size, "shards": shards, **extra}  # fmt: skip
 
 
+def _without_library(codec_json: dict) -> dict:
+    """A codec's description without the version of the library that ran it: stores made
+    by another zstd or OpenCV release hold the same format."""
+    return {k: v for k, v in codec_json.items() if k != "library"}
+
+
 def spec_id(spec: ImageSpec, codec: Codec) -> str:
     """A short digest of what a store holds (the spec and the codec, not its library's
     version), bound into every record's tag and recorded by every shard."""
-    wanted = {**spec.to_json(), "codec": {k: v for k, v in codec.to_json().items() if k != "library"}}
+    wanted = {**spec.to_json(), "codec": _without_library(codec.to_json())}
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -302,8 +308,7 @@ def _claim(
         old = read_store_json(spec_path)
         wanted = _spec_json(spec, codec, shard_size, shards)
         same = all(old.get(k) == v for k, v in wanted.items() if k != "codec") and (
-            {k: v for k, v in old.get("codec", {}).items() if k != "library"}
-            == {k: v for k, v in wanted["codec"].items() if k != "library"}
+            _without_library(old.get("codec", {})) == _without_library(wanted["codec"])
         )
         if not same and not force:
             raise CacheError(
