@@ -591,19 +591,34 @@ class ImageCache(ImageSource):
         path = self.shard_path(int(shard))
         try:
             data = read_record(self._fd(int(shard)), int(offset), int(length), path=path)
-            if record_tag(image_id, self.spec_id, data) != self._tag[image_id]:
-                raise CacheError(
-                    f"{path}: the record at byte {int(offset)} is not image {image_id}'s "
-                    "(its tag binds another image or store options): the index is stale or "
-                    "edited; rerun `rsna preprocess --force`"
-                )
-            self.codec.decode_into(data, out)
-        except (RecordError, CodecError) as exc:
+        except RecordError as exc:
             raise CacheError(f"{path}: image {image_id}: {exc}") from exc
         except OSError as exc:
             raise CacheError(
                 f"{path}: image {image_id}: cannot read ({exc.strerror or exc})"
             ) from exc
+        self.decode_record(image_id, data, out, path=path, offset=int(offset))
+
+    def decode_record(
+        self, image_id: str, data: bytes, out: np.ndarray, *, path: Path | str, offset: int
+    ) -> None:
+        """Decode `data`, the record at `offset` of shard file `path`, into `out`, once its
+        tag proves it is `image_id`'s record of this store (read by image ID, or streamed).
+
+        Raises:
+            CacheError: the record is another image's, or of other store options (a stale
+                or edited index), or does not decode; naming the file and the image.
+        """
+        if record_tag(image_id, self.spec_id, data) != self._tag[image_id]:
+            raise CacheError(
+                f"{path}: the record at byte {offset} is not image {image_id}'s (its tag "
+                "binds another image or store options): the index is stale or edited; "
+                "rerun `rsna preprocess --force`"
+            )
+        try:
+            self.codec.decode_into(data, out)
+        except CodecError as exc:
+            raise CacheError(f"{path}: image {image_id}: {exc}") from exc
 
     def _fd(self, shard: int) -> int:
         fd = self._fds.get(shard)

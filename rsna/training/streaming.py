@@ -31,7 +31,7 @@ import pandas as pd
 
 from rsna.data.augment import Augment
 from rsna.data.augment import augment as augment_image
-from rsna.data.cache import CacheError, ImageCache, record_tag
+from rsna.data.cache import CacheError, ImageCache
 from rsna.data.labels import LABELS
 from rsna.data.records import RecordError, record_at
 from rsna.data.series import neighbours
@@ -185,8 +185,8 @@ class _Plan:
         self.store, self.wanted = store, wanted
         self.shards = sorted(int(k) for k in wanted["shard"].unique())
         ordered = store.index.sort_values(["shard", "row"])
-        self._owners = {  # shard -> (image IDs, tags) by row, to check each record's tag
-            int(k): tuple(c.to_numpy() for c in (part.index, part["tag"], part["offset"], part["length"]))
+        self._records = {  # shard -> (image IDs, offsets, lengths) by row
+            int(k): (part.index.to_numpy(), part["offset"].to_numpy(), part["length"].to_numpy())
             for k, part in ordered.groupby("shard")
             if int(k) in self.shards
         }
@@ -211,23 +211,19 @@ class _Plan:
         samples = self._by_shard[k]
         if shuffle:
             samples = np.random.default_rng([seed, e, k]).permutation(samples)
-        spec, codec = self.store.spec, self.store.codec
+        spec = self.store.spec
         slices = np.unique(self._stacks[samples])
         decoded = {}
-        ids, tags, offsets, lengths = self._owners[k]
+        ids, offsets, lengths = self._records[k]
         path = self.store.shard_path(k)
         for row in slices:
+            offset = int(offsets[row])
             try:
-                data = record_at(records, int(offsets[row]), int(lengths[row]), path=path)
+                data = record_at(records, offset, int(lengths[row]), path=path)
             except RecordError as exc:
                 raise CacheError(f"{path}: image {ids[row]}: {exc}") from exc
-            if record_tag(ids[row], self.store.spec_id, data) != tags[row]:
-                raise CacheError(
-                    f"{path}: record {int(row)} is not image {ids[row]}'s (its tag binds "
-                    "another image or store options); rerun `rsna preprocess --force`"
-                )
             image = np.empty(spec.shape, np.uint8)
-            codec.decode_into(data, image)
+            self.store.decode_record(ids[row], data, image, path=path, offset=offset)
             decoded[int(row)] = image
         step = spec.channels
         width = self._stacks.shape[1]
