@@ -577,7 +577,9 @@ class ImageCache(ImageSource):
         Raises:
             CacheError: the record is truncated or corrupted, or does not decode to this
                 store's image shape; the message names the shard and the image. A slice
-                that was unreadable at preprocessing reads as zeros.
+                that was unreadable at preprocessing is an error too, with its reason
+                (callers that want zeros check :meth:`readable` first, as the generator
+                does, and count it).
         """
         if self.remote:
             raise CacheError(
@@ -585,10 +587,12 @@ class ImageCache(ImageSource):
                 "read by image ID; copy it to a local disk for the DataGenerator"
             )
         shard, offset, length = self._where[self._locate(image_id)]
-        if not self._ok[image_id]:  # unreadable at preprocessing: an empty record
-            out[...] = 0
-            return
         path = self.shard_path(int(shard))
+        if not self._ok[image_id]:  # unreadable at preprocessing: an empty record
+            raise CacheError(
+                f"{path}: image {image_id} was unreadable at preprocessing: "
+                f"{self._reason.get(image_id) or 'no reason recorded'}"
+            )
         try:
             data = read_record(self._fd(int(shard)), int(offset), int(length), path=path)
         except RecordError as exc:

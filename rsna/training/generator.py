@@ -154,6 +154,9 @@ class DataGenerator(keras.utils.PyDataset):
         self.image_ids = ids
         # per image: 0 read, FAILED, ZEROS; shared with forked workers (an anonymous mapping)
         self._outcome = np.frombuffer(mmap.mmap(-1, max(len(ids), 1)), np.uint8)[: len(ids)]
+        # per batch: asked for since Keras began the epoch (shared the same way)
+        self._asked = np.frombuffer(mmap.mmap(-1, max(len(self), 1)), np.uint8)[: len(self)]
+        self._in_epoch = False
         for row, image_id in enumerate(ids):
             if not self.images.readable(image_id):
                 self._outcome[row] = _ZEROS
@@ -237,10 +240,30 @@ class DataGenerator(keras.utils.PyDataset):
         return (self.spec.size, self.spec.size, self.channels)
 
     def __getitem__(self, index: int):
-        return self.load_batch(index, epoch=self.epoch)
+        batch = self.load_batch(index, epoch=self.epoch)
+        self._asked[index] = 1
+        return batch
+
+    def on_epoch_begin(self) -> None:
+        """Keras begins an epoch: count the batches it asks for until it ends it."""
+        self._asked[:] = 0
+        self._in_epoch = True
 
     def on_epoch_end(self) -> None:
-        """Advance to the next epoch: a new order, new augmentation draws."""
+        """Advance to the next epoch: a new order, new augmentation draws.
+
+        Raises:
+            GeneratorError: Keras ended an epoch it had begun before asking for every
+                batch (``steps_per_epoch`` below ``len(gen)``): it would go on with the
+                same iterator into the next epoch's order and then run out of data.
+        """
+        asked, began, self._in_epoch = int(self._asked.sum()), self._in_epoch, False
+        if began and 0 < asked < len(self):
+            raise GeneratorError(
+                f"Keras ended an epoch after {asked} of this generator's {len(self)} "
+                "batches: `steps_per_epoch` (or `validation_steps`) must be len(generator) "
+                "or left out. For shorter epochs, build the generator on fewer image IDs"
+            )
         self.epoch += 1
 
     def set_epoch(self, epoch: int) -> None:

@@ -98,14 +98,15 @@ def test_every_codec_round_trips(work_512, tmp_path, compression, exact):
     assert result.bytes <= raw * {"none": 1.01, "lossless": 1 / 4, "lossy": 1 / 12}[compression]
 
 
-def test_unreadable_slices_are_zeros_with_their_reason(tiny_work, tiny_competition):
+def test_unreadable_slices_are_errors_with_their_reason(tiny_work, tiny_competition):
     cache = ImageCache(cache_dir(tiny_work, TINY_SPEC, TINY_CODEC))
     for image_id in (
         tiny_competition.manifest["corrupt"]["train"] + tiny_competition.manifest["corrupt"]["test"]
     ):
         assert not cache.readable(image_id)
         assert cache.reason(image_id).startswith("truncated pixel data")
-        assert not cache.read(image_id).any()
+        with pytest.raises(CacheError, match=f"{image_id} was unreadable at preprocessing: truncated pixel data"):
+            cache.read(image_id)
     with pytest.raises(CacheError, match="image .ID_nope. is not here"):
         cache.read("ID_nope")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import shutil
 import warnings
 
@@ -377,6 +378,36 @@ def test_fewer_steps_than_the_generator_are_refused_with_epoch_sync(data):
     with pytest.raises(GeneratorError, match=f"`steps_per_epoch` must be len\\(generator\\)={len(gen)}"):
         model.fit(gen, epochs=2, steps_per_epoch=len(gen) - 1, shuffle=False, verbose=0, callbacks=[EpochSync(gen)])  # fmt: skip
     model.fit(gen, epochs=1, steps_per_epoch=len(gen), shuffle=False, verbose=0, callbacks=[EpochSync(gen)])  # fmt: skip
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fewer_steps_than_the_generator_are_refused_without_epoch_sync(data, workers):
+    """Without EpochSync the generator refuses an epoch Keras ends early, at its end. Its
+    workers may read every batch ahead, so with workers Keras's own "ran out of data"
+    warning may come first: never a silent run. `len(gen)` steps, or none, train."""
+    import keras
+
+    options = {"workers": workers} if workers else {}
+    gen = make(data, batch_size=2, **options)
+    inputs = keras.Input(gen.sample_shape)
+    model = keras.Model(inputs, keras.layers.Dense(6)(keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))))  # fmt: skip
+    model.compile(loss="binary_crossentropy")
+    refused = f"after \\d+ of this generator's {len(gen)} batches: `steps_per_epoch`"
+    if not workers:
+        with pytest.raises(GeneratorError, match=refused):
+            model.fit(gen, epochs=4, steps_per_epoch=2, shuffle=False, verbose=0)
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model.fit(gen, epochs=4, steps_per_epoch=2, shuffle=False, verbose=0)
+                said = any("ran out of data" in str(w.message) for w in caught)
+            except GeneratorError as exc:
+                said = re.search(refused, str(exc)) is not None
+        assert said, "neither the generator nor Keras said the epochs were short"
+    history = model.fit(make(data, batch_size=2, **options), epochs=2, steps_per_epoch=len(gen), shuffle=False, verbose=0)  # fmt: skip
+    assert len(history.history["loss"]) == 2
+    model.fit(make(data, batch_size=2, **options), epochs=2, shuffle=False, verbose=0)
 
 
 def test_the_seeds_spelling_is_accepted(data, tiny_competition):
