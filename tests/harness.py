@@ -6,12 +6,14 @@ from here (``from harness import write_slice``).
 
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from hypothesis import HealthCheck, settings
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -32,6 +34,7 @@ __all__ = [
     "TINY_CODEC",
     "TINY_SPEC",
     "encode",
+    "fuzz_settings",
     "prepared_competition",
     "ramp_hu",
     "reference",
@@ -39,6 +42,20 @@ __all__ = [
     "tiny_experiment",
     "write_slice",
 ]
+
+def fuzz_settings(examples: int) -> settings:
+    """Hypothesis settings for a fuzz test: in CI a fixed, derandomised set of `examples`
+    (the same on every machine); ``RSNA_FUZZ_EXAMPLES=N`` makes it a long campaign of N
+    fresh random examples."""
+    long_run = int(os.environ.get("RSNA_FUZZ_EXAMPLES", "0"))
+    return settings(
+        max_examples=long_run or examples,
+        derandomize=not long_run,
+        database=None,
+        deadline=None,  # hang guards bound time; no timing assertion
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
 
 #: Markers of TensorFlow's start-up lines, which rsna keeps off the console.
 TF_NOISE = ("I0000", "E0000", "W0000", "absl::InitializeLog", "oneDNN", "cuInit", "cuda")

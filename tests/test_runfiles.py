@@ -9,8 +9,9 @@ import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
+from harness import fuzz_settings
 from rsna.cli import main
 from rsna.data.labels import LABELS
 from rsna.runfiles import RunFileError, read_long_predictions, read_wide_predictions
@@ -80,7 +81,7 @@ def test_malformed_submissions(tmp_path, rows, message):
     assert read_long_predictions(write(tmp_path, _long(SIX), "good.csv")).shape == (1, 6)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@fuzz_settings(150)
 @given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_any_bytes_give_a_frame_of_probabilities_or_a_run_file_error(tmp_path, data):
     for reader, header in ((read_wide_predictions, HEADER), (read_long_predictions, "ID,Label")):

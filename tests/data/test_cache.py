@@ -13,9 +13,9 @@ import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
-from harness import TINY_CODEC, TINY_SPEC
+from harness import TINY_CODEC, TINY_SPEC, fuzz_settings
 from rsna import files
 from rsna.cli import main
 from rsna.data.cache import (
@@ -373,7 +373,7 @@ def fuzz_store(tiny_work, tmp_path_factory):
     return out
 
 
-@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@fuzz_settings(120)
 @given(
     name=st.sampled_from(["cache.json", "index.parquet", "shard-00000.status.json"]),
     cut=st.floats(0, 1),

@@ -13,7 +13,6 @@ tests/data/test_dicom_fuzz.py`` runs a long, random campaign.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import signal
 import struct
@@ -24,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import ENCODINGS, encode, ramp_hu, reference, replace_value, write_slice
+from harness import ENCODINGS, encode, fuzz_settings, ramp_hu, reference, replace_value, write_slice
 from rsna.data.dicom import DicomError, quiet_rsna_uids, read_hu
 from rsna.data.elements import (
     MAX_INFLATED_BYTES,
@@ -39,14 +38,7 @@ from rsna.data.elements import (
     read_meta,
 )
 
-LONG_RUN = int(os.environ.get("RSNA_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(
-    max_examples=LONG_RUN or 60,
-    derandomize=not LONG_RUN,  # CI: the same examples on every machine
-    database=None,
-    deadline=None,  # the hang guard below bounds time; no timing assertion
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+FUZZ = fuzz_settings(60)
 #: A read must finish within this many seconds: a hang guard (reads take milliseconds).
 HANG_SECONDS = 10
 #: Peak memory of one read, beyond the file itself and a float32 HU image.
