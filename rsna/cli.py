@@ -295,13 +295,32 @@ def _blend(args: argparse.Namespace) -> None:
     )
 
 
+def _intensity_reference(config):
+    """The intensity baseline on the run's store, or None, saying why, when the run
+    reads no finished store or its windows cannot show blood."""
+    from rsna.data.cache import StoreMissing, complete_store
+    from rsna.intensity import IntensityError, intensity_baseline
+
+    try:
+        store = complete_store(config.data.work_dir, config.image.spec, config.codec)
+        return intensity_baseline(config.data.work_dir, store)
+    except (StoreMissing, IntensityError) as exc:
+        print(f"intensity baseline: not computed ({_one_line(str(exc))})")
+        return None
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from rsna.evaluate import compare_stages, evaluate, format_scores, format_stages
 
     config = _run_config(args.target)
-    result = evaluate(config.run_dir, config.data.work_dir)
+    reference = _intensity_reference(config)
+    result = evaluate(
+        config.run_dir, config.data.work_dir, baseline=reference and reference.slice
+    )
     print(format_scores(result.scores))
-    both = compare_stages(config.run_dir, config.data.work_dir, result)
+    both = compare_stages(
+        config.run_dir, config.data.work_dir, result, baseline=reference and reference.neighbours
+    )
     if both is not None:
         print(format_stages(both))
     report = result.report

@@ -77,8 +77,12 @@ def run_demo(
         folds = make_folds(prepared.metadata, prepared.labels, n_folds=3, seed=seed)
         write_folds(folds, prepared.metadata, config.data.work_dir / FOLDS_FILE)
     lap("folds")
-    build_cache(config.data.work_dir, config.image.spec, codec=config.codec, workers=workers)
+    store = build_cache(config.data.work_dir, config.image.spec, codec=config.codec, workers=workers)
     lap("preprocess")
+    from rsna.intensity import intensity_baseline
+
+    reference = intensity_baseline(config.data.work_dir, store.path)
+    lap("intensity baseline")
 
     from rsna.evaluate import compare_stages, evaluate, format_scores, format_stages
     from rsna.submission import validate_submission
@@ -89,14 +93,16 @@ def run_demo(
         warnings.simplefilter("ignore", DataWarning)
         runner.train(config, "all", verbose=0)
         lap("train stage 1")
-        evaluation = evaluate(config.run_dir, config.data.work_dir)
+        evaluation = evaluate(config.run_dir, config.data.work_dir, baseline=reference.slice)
         print(format_scores(evaluation.scores))
         first = runner.predict(config)
         validate_submission(first.submission, sample)
         lap("predict stage 1")
         runner.train(config, "all", stage=2, verbose=0)
         lap("train stage 2")
-        both = compare_stages(config.run_dir, config.data.work_dir, evaluation)
+        both = compare_stages(
+            config.run_dir, config.data.work_dir, evaluation, baseline=reference.neighbours
+        )
         print(format_stages(both))
         second = runner.predict(config, stage=2)
         validate_submission(second.submission, sample)
@@ -110,11 +116,13 @@ def run_demo(
     weighted = both.loc["weighted"]
     print(
         f"[demo] stage 1: CV weighted log loss {weighted['stage 1']:.4f} vs prior {weighted['prior']:.4f} "
-        f"(ratio {report['ratio_to_prior']:.2f}); synthetic test score {test_scores['stage 1']:.4f}"
+        f"(ratio {report['ratio_to_prior']:.2f}), {report['ratio_to_baseline']:.2f} x the intensity "
+        f"baseline's {report['baseline_weighted_log_loss']:.4f}; synthetic test score {test_scores['stage 1']:.4f}"
     )
     print(
         f"[demo] stage 2: CV weighted log loss {weighted['stage 2']:.4f} "
-        f"({weighted['stage 2 / stage 1']:.2f} x stage 1); synthetic test score {test_scores['stage 2']:.4f}"
+        f"({weighted['stage 2 / stage 1']:.2f} x stage 1), {weighted['stage 2 / baseline']:.2f} x the "
+        f"baseline with neighbours' {weighted['baseline with neighbours']:.4f}; synthetic test score {test_scores['stage 2']:.4f}"
     )
     print(f"[demo] submissions: {first.submission} (stage 1), {second.submission} (stage 2)")
     print(f"[demo] total {sum(timings.values()):.0f} s: {timings}")

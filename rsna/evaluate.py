@@ -109,8 +109,15 @@ def _read_stage(stage_folder) -> tuple[pd.DataFrame, list[str], dict[int, pd.Dat
     return pd.concat(parts.values()), names, parts
 
 
-def evaluate(stage_folder: str | os.PathLike[str], work_dir: str | os.PathLike[str]) -> Evaluation:
-    """Merge a stage's OOF predictions and score them against the prior.
+def evaluate(
+    stage_folder: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    *,
+    baseline: pd.DataFrame | None = None,
+) -> Evaluation:
+    """Merge a stage's OOF predictions and score them against the prior, and against
+    `baseline` (OOF probabilities of a reference such as :mod:`rsna.intensity`'s) on
+    the images both cover.
 
     Writes ``oof.csv``, ``evaluate.json`` and ``roc_pr.png`` in `stage_folder`.
 
@@ -127,12 +134,26 @@ def evaluate(stage_folder: str | os.PathLike[str], work_dir: str | os.PathLike[s
     scores["ratio"] = scores["model"] / scores["prior"]
     per_fold = fold_scores(parts, all_labels)
     scores["fold_std"] = per_fold.std(ddof=1) if len(per_fold) > 1 else 0.0
+    if baseline is not None:
+        common = oof.index[oof.index.isin(baseline.index)]
+        scores["baseline"] = per_label_log_loss(labels.loc[common], baseline.loc[common])
+        scores["to_baseline"] = (
+            pd.Series(per_label_log_loss(labels.loc[common], oof.loc[common])) / scores["baseline"]
+        )
     report = {
         "folds": folds,
         "images": len(oof),
         "weighted_log_loss": model["weighted"],
         "prior_weighted_log_loss": prior["weighted"],
         "ratio_to_prior": model["weighted"] / prior["weighted"],
+        **(
+            {
+                "baseline_weighted_log_loss": scores.at["weighted", "baseline"],
+                "ratio_to_baseline": scores.at["weighted", "to_baseline"],
+            }
+            if baseline is not None
+            else {}
+        ),
         "per_label": scores.to_dict(orient="index"),
         "per_fold": {str(k): row for k, row in per_fold.to_dict(orient="index").items()},
     }
@@ -146,20 +167,34 @@ def evaluate(stage_folder: str | os.PathLike[str], work_dir: str | os.PathLike[s
 
 def format_scores(scores: pd.DataFrame) -> str:
     """The per-label table of :func:`evaluate` as text."""
-    lines = [f"{'label':18s} {'model':>8s} {'fold sd':>8s} {'prior':>8s} {'ratio':>6s}"]
+    extra = "baseline" in scores.columns
+    head = f"{'label':18s} {'model':>8s} {'fold sd':>8s} {'prior':>8s} {'ratio':>6s}"
+    lines = [head + (f" {'baseline':>8s} {'ratio':>6s}" if extra else "")]
     for label, row in scores.iterrows():
         # a label without positives has a prior loss of 0: no ratio
         ratio = f"{row['ratio']:6.2f}" if row["prior"] > 1e-6 else "   n/a"
+        line = f"{label:18s} {row['model']:8.4f} {row['fold_std']:8.4f} {row['prior']:8.4f} {ratio}"
+        if extra:
+            to = f"{row['to_baseline']:6.2f}" if row["baseline"] > 1e-6 else "   n/a"
+            line += f" {row['baseline']:8.4f} {to}"
+        lines.append(line)
+    if extra:
         lines.append(
-            f"{label:18s} {row['model']:8.4f} {row['fold_std']:8.4f} {row['prior']:8.4f} {ratio}"
+            "baseline: blood-range pixel counts and a logistic regression per label, "
+            "on the same folds (rsna.intensity)"
         )
     return "\n".join(lines)
 
 
 def compare_stages(
-    run_dir: str | os.PathLike[str], work_dir: str | os.PathLike[str], first: Evaluation
+    run_dir: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    first: Evaluation,
+    *,
+    baseline: pd.DataFrame | None = None,
 ) -> pd.DataFrame | None:
-    """Stage 1 (`first`, from :func:`evaluate`) and stage 2 OOF log loss side by side.
+    """Stage 1 (`first`, from :func:`evaluate`) and stage 2 OOF log loss side by side,
+    and stage 2 against `baseline` (a reference that sees the neighbouring slices too).
 
     Per label and weighted, plotted in ``RUN/stages.png``; None when no stage-2 fold
     has OOF predictions yet.
@@ -167,11 +202,14 @@ def compare_stages(
     second_dir = runs.stage_dir(run_dir, 2)
     if not runs.fold_dirs(second_dir, holding=runs.OOF):
         return None
-    second = evaluate(second_dir, work_dir)
+    second = evaluate(second_dir, work_dir, baseline=baseline)
     both = first.scores[["model"]].rename(columns={"model": "stage 1"})
     both["stage 2"] = second.scores["model"]
     both["prior"] = first.scores["prior"]
     both["stage 2 / stage 1"] = both["stage 2"] / both["stage 1"]
+    if baseline is not None:
+        both["baseline with neighbours"] = second.scores["baseline"]
+        both["stage 2 / baseline"] = second.scores["to_baseline"]
     difference = second.per_fold - first.per_fold
     both["fold sd of difference"] = difference.std(ddof=1) if len(difference) > 1 else 0.0
     both["significant"] = significant(difference)
