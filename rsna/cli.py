@@ -303,7 +303,9 @@ def _intensity_reference(config):
 
     try:
         store = complete_store(config.data.work_dir, config.image.spec, config.codec)
-        return intensity_baseline(config.data.work_dir, store)
+        # kept in the run folder, which evaluate writes anyway: the work folder may be
+        # read-only (an earlier session's output, attached as a Kaggle dataset)
+        return intensity_baseline(config.data.work_dir, store, keep_in=config.run_dir)
     except (StoreMissing, IntensityError) as exc:
         print(f"intensity baseline: not computed ({_one_line(str(exc))})")
         return None

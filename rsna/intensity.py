@@ -194,10 +194,11 @@ class IntensityBaseline:
     neighbours: pd.DataFrame
 
 
-def intensity_baseline(work_dir, store_path) -> IntensityBaseline:
+def intensity_baseline(work_dir, store_path, *, keep_in=None) -> IntensityBaseline:
     """The baseline on a prepared work folder's labels, folds and the store at
     `store_path`; the features are computed once per store and kept in
-    ``WORK/intensity/<store>.parquet``.
+    ``<keep_in>/intensity/<store>.parquet`` (`keep_in`: the work folder by default; a
+    run folder when the work folder is read-only, as an earlier session's on Kaggle).
 
     Raises:
         IntensityError: see :func:`choose_window`.
@@ -213,7 +214,7 @@ def intensity_baseline(work_dir, store_path) -> IntensityBaseline:
     work_dir, store_path = Path(work_dir), Path(store_path)
     labels = read_prepared_labels(work_dir)
     folds = read_folds(work_dir / FOLDS_FILE)
-    kept = work_dir / FEATURES_DIR / f"{store_path.name}.parquet"
+    kept = Path(keep_in or work_dir) / FEATURES_DIR / f"{store_path.name}.parquet"
     ids = labels.index[labels.index.isin(folds.index)]
     features = pd.read_parquet(kept) if kept.is_file() else None
     if features is None or not ids.isin(features.index).all():
