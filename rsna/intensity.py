@@ -6,7 +6,7 @@ spans CSF to above blood: the pixels in :data:`BLOOD_HU` inside the skull, those
 them near bone (epidural, subdural), near CSF (intraventricular, subarachnoid) and in
 thin strands (a 3x3 opening removes them), and the area inside the skull. A skeptical
 Kaggler's first try; a CNN that cannot beat it well has learned little. With
-``neighbours=True`` the slices above and below add theirs, the series model's
+:func:`neighbour_features` the slices above and below add theirs, the series model's
 counterpart. ``rsna evaluate`` and the demo report it next to the prior.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from rsna.data.labels import LABELS
+from rsna.data.series import neighbours
 from rsna.data.windowing import Window
 from rsna.errors import RsnaError
 from rsna.parallel import progress
@@ -100,7 +101,7 @@ def slice_features(hu: np.ndarray, *, bone_hu: float = BONE_HU) -> np.ndarray:
     side = min(hu.shape)
     bone = hu >= bone_hu
     # inside the skull: the non-bone regions that do not touch the image's border
-    count, labels = cv2.connectedComponents((~bone).view(np.uint8), connectivity=4)
+    _, labels = cv2.connectedComponents((~bone).view(np.uint8), connectivity=4)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     inside = ~bone & ~np.isin(labels, border)
     blood = (inside & (hu >= BLOOD_HU.low) & (hu <= BLOOD_HU.high)).view(np.uint8)
@@ -138,16 +139,15 @@ def store_features(images, image_ids) -> pd.DataFrame:
 
 def neighbour_features(features: pd.DataFrame, slices: pd.DataFrame) -> pd.DataFrame:
     """`features` with the slice below's and above's appended (``below_*``, ``above_*``),
-    by ``series_uid`` and ``slice_index`` of `slices` (indexed by image ID); a series'
-    end, or a slice not in `features`, repeats the slice's own."""
-    order = slices.loc[features.index, ["series_uid", "slice_index"]]
-    key = pd.MultiIndex.from_frame(order)
-    by_key = pd.DataFrame(features.to_numpy(), index=key, columns=features.columns)
+    by ``series_uid`` and ``slice_index`` of `slices` (indexed by image ID,
+    :func:`rsna.data.series.neighbours`); a series' end, or a neighbour without features,
+    repeats the slice's own."""
+    table = neighbours(slices, features.index, context=1)
+    own = features.to_numpy()
     parts = [features]
-    for name, step in (("below", -1), ("above", 1)):
-        shifted = pd.MultiIndex.from_arrays([order["series_uid"], order["slice_index"] + step])
-        values = by_key.reindex(shifted).to_numpy()
-        values = np.where(np.isnan(values), features.to_numpy(), values)
+    for name, column in (("below", 0), ("above", 2)):
+        values = features.reindex(table[:, column]).to_numpy()
+        values = np.where(np.isnan(values), own, values)
         parts.append(pd.DataFrame(values, index=features.index, columns=[f"{name}_{c}" for c in features.columns]))  # fmt: skip
     return pd.concat(parts, axis=1)
 
@@ -181,7 +181,7 @@ def baseline_oof(features: pd.DataFrame, labels: pd.DataFrame, folds: pd.Series)
     return pd.DataFrame(out, index=ids, columns=list(LABELS))
 
 
-#: Where the features of a store are kept, in the work folder: intensity/<store>.parquet.
+#: Where the features of a store are kept, in the work or run folder: intensity/<store>.parquet.
 FEATURES_DIR = "intensity"
 
 
@@ -219,7 +219,6 @@ def intensity_baseline(work_dir, store_path, *, keep_in=None) -> IntensityBaseli
     features = pd.read_parquet(kept) if kept.is_file() else None
     if features is None or not ids.isin(features.index).all():
         store = ImageCache(store_path)
-        choose_window(store.spec.windows)  # before any work
         features = store_features(store, [i for i in ids if i in store])
         files.write_parquet(features, kept)
     features = features.loc[features.index.isin(ids)]
