@@ -716,7 +716,11 @@ def as_tf_dataset(
 
 
 class SeriesGenerator(keras.utils.PyDataset):
-    """Batches of whole series for stage 2, padded to the longest in the batch and masked.
+    """Batches of whole series for stage 2, padded to the longest series and masked.
+
+    Every batch has the same number of steps (the longest series in `series`): Keras
+    fixes a ``PyDataset``'s shapes from its first batches, and static shapes suit XLA and
+    TPUs. Padding costs little, as the series model is small beside the CNN.
 
     Returns ``({"slices": x, "mask": m}, y, m)`` for training (the mask doubles as the
     sample weight, so padded steps carry no loss) and ``{"slices": x, "mask": m}`` for
@@ -744,6 +748,7 @@ class SeriesGenerator(keras.utils.PyDataset):
         self.series, self.uids, self.labels = series, sorted(series), labels
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.reverse, self.jitter, self.position = reverse, jitter, position
+        self.steps = max((len(ids) for ids, _ in series.values()), default=0)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -764,11 +769,10 @@ class SeriesGenerator(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         uids = self.batch_uids(index, epoch=self.epoch)
-        steps = max(len(self.series[u][0]) for u in uids)
         width = self.series[uids[0]][1].shape[1]
-        x = np.zeros((len(uids), steps, width), np.float32)
-        mask = np.zeros((len(uids), steps), np.float32)
-        y = np.zeros((len(uids), steps, len(LABELS)), np.float32)
+        x = np.zeros((len(uids), self.steps, width), np.float32)
+        mask = np.zeros((len(uids), self.steps), np.float32)
+        y = np.zeros((len(uids), self.steps, len(LABELS)), np.float32)
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.jitter else None
         for b, uid in enumerate(uids):
             ids, values = self.series[uid]

@@ -24,6 +24,7 @@ from rsna.training.generator import (
     EpochSync,
     GeneratorError,
     PaddedBatches,
+    SeriesGenerator,
     as_tf_dataset,
     trim,
 )
@@ -461,3 +462,20 @@ def test_padded_batches_pad_only_the_last_and_trim_restores_the_rows():
     assert [a.ravel().tolist() for a in trim([rows, rows * 2], 2)] == [[0, 1], [0, 2]]
     with pytest.raises(GeneratorError, match="only the last may hold fewer than rows=4"):
         PaddedBatches(Batches([4, 3, 4]), rows=4)[1]
+
+
+def test_series_batches_keep_one_shape_through_keras_tf_dataset():
+    """Keras fixes a PyDataset's shapes from its first batches: series of unequal
+    length (the longest last) must still batch to one shape, their padding masked."""
+    lengths = [5, 5, 6, 6, 9]
+    series = {
+        f"S{k}": ([f"ID_{k}_{j}" for j in range(n)], np.full((n, 4), k + 1.0, np.float32))
+        for k, n in enumerate(lengths)
+    }
+    gen = SeriesGenerator(series, batch_size=2)
+    adapter = PyDatasetAdapter(gen, shuffle=False)
+    shapes = [tuple(b["slices"].shape) for b in adapter.get_tf_dataset()]
+    assert shapes == [(2, 9, 4), (2, 9, 4), (1, 9, 4)]
+    batch = gen[0]
+    assert batch["mask"].sum(axis=1).tolist() == [5.0, 5.0]
+    assert not batch["slices"][:, 5:].any()
