@@ -103,14 +103,8 @@ class _Parser(argparse.ArgumentParser):
 def _synth(args: argparse.Namespace) -> None:
     from rsna.data.synthetic import SynthConfig, make_competition
 
-    config = SynthConfig(
-        patients=args.patients,
-        studies=args.studies,
-        slices=args.slices,
-        size=args.size,
-        seed=args.seed,
-        test_fraction=args.test_fraction,
-    )
+    options = ("patients", "studies", "slices", "size", "seed", "test_fraction", "label_noise")
+    config = SynthConfig(**{name: getattr(args, name) for name in options})
     result = make_competition(args.out, config, workers=args.workers, force=args.force)
     images = result.manifest["images"]
     print(
@@ -475,23 +469,34 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common], name="synth", help="write a synthetic competition in Kaggle's layout"
     )
     p.add_argument("out", type=_folder("out"), help="folder to write")
-    p.add_argument("--patients", type=_integer("patients", low=1), default=20)
+    from rsna.data.synthetic import SLICE_SPREAD, SynthConfig
+
+    d = SynthConfig()
+    p.add_argument("--patients", type=_integer("patients", low=1), default=d.patients)
     p.add_argument(
-        "--studies", type=_integer("studies", low=1), default=2, help="most studies per patient"
+        "--studies", type=_integer("studies", low=1), default=d.studies, help="most studies per patient"
     )
-    p.add_argument("--slices", type=_integer("slices", low=1), default=20, help="slices per series")
     p.add_argument(
-        "--size",
-        type=_integer("size", low=1),
-        default=512,
-        help="rows and columns of a regular image",
+        "--slices",
+        type=_integer("slices", low=1),
+        default=d.slices,
+        help=f"typical slices per series; each has this within {round(100 * SLICE_SPREAD)}%%",
     )
-    p.add_argument("--seed", type=_integer("seed", low=0), default=0)
+    p.add_argument(
+        "--size", type=_integer("size", low=1), default=d.size, help="rows and columns of a regular image"
+    )
+    p.add_argument("--seed", type=_integer("seed", low=0), default=d.seed)
     p.add_argument(
         "--test-fraction",
         type=_fraction("test_fraction"),
-        default=0.25,
+        default=d.test_fraction,
         help="share of patients in the test set",
+    )
+    p.add_argument(
+        "--label-noise",
+        type=_fraction("label_noise"),
+        default=d.label_noise,
+        help="share of the borderline labels (thin, faint, just under the floor) flipped",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing competition")
     _workers_argument(p)

@@ -24,9 +24,10 @@ import pandas as pd
 from rsna.config import Config, load_config, with_paths
 from rsna.errors import DataWarning
 
-__all__ = ["DEMO_PATIENTS", "demo_config", "run_demo"]
+__all__ = ["DEMO_PATIENTS", "DEMO_SLICES", "demo_config", "run_demo"]
 
 DEMO_PATIENTS = 64
+DEMO_SLICES = 28  # typical slices per series (23-33): real series are longer, the demo's CPU budget is 240 s
 
 
 def demo_config(out: str | Path, *, overrides: dict | None = None) -> Config:
@@ -61,7 +62,7 @@ def run_demo(
     data = out / "data"
     if not (data / "stage_2_train.csv").exists():
         synth = SynthConfig(
-            patients=DEMO_PATIENTS, studies=2, slices=16, size=config.image.size, seed=seed
+            patients=DEMO_PATIENTS, studies=2, slices=DEMO_SLICES, size=config.image.size, seed=seed
         )
         make_competition(data, synth, workers=workers)
     lap("synth")
