@@ -78,7 +78,7 @@ def test_fold_outputs(trained, tiny_work):
         assert (
             list(oof.columns) == list(LABELS)
             and oof.notna().all().all()
-            and ((oof > 0) & (oof < 1)).all().all()
+            and ((oof >= 0) & (oof <= 1)).all().all()  # float32 may saturate a rare label
         )
         assert len(read_history(fold_dir / "history.csv")) == 2
     assert (config.run_dir / "config.toml").exists()
@@ -272,11 +272,11 @@ print(json.dumps({
 
 def test_prediction_on_two_replicas_equals_one_device_for_a_ragged_last_batch(trained):
     # MirroredStrategy over 2 logical CPUs, in a fresh process (devices are fixed at TF's
-    # start). Batches of 7 (8 on two replicas): the last is short, and without padding a
+    # start). Batches of 9 (10 on two replicas): the last is short, and without padding a
     # replica can get an empty share, which MirroredStrategy cannot run.
     config, _ = trained
     done = subprocess.run(
-        [sys.executable, "-c", _MIRRORED_PREDICT, str(config.run_dir / "config.toml"), "7"],
+        [sys.executable, "-c", _MIRRORED_PREDICT, str(config.run_dir / "config.toml"), "9"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -284,5 +284,5 @@ def test_prediction_on_two_replicas_equals_one_device_for_a_ragged_last_batch(tr
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2 and result["same_index"]
-    assert result["images"] % 7 != 0 and result["images"] % 8 != 0
+    assert result["images"] % 9 != 0 and result["images"] % 10 != 0
     assert result["diff"] <= 1e-5
