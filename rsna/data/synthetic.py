@@ -67,6 +67,7 @@ __all__ = [
     "PADDING_HU",
     "PSF_SIGMA",
     "SLICE_SPREAD",
+    "SUBACUTE_HU",
     "SUBACUTE_SHARE",
     "TEST_DIR",
     "TEST_LABELS",
@@ -98,8 +99,10 @@ TIP_CONTRAST = 0.25
 #: The scanner's point-spread function, pixels (a Gaussian's sigma): every bone edge gets a
 #: partial-volume rim through blood's HU range, as real CT does.
 PSF_SIGMA = 0.6
-#: Share of bleeds that are subacute: near-isodense to grey matter (40-52 HU).
+#: Share of bleeds that are subacute: near-isodense to grey matter (SUBACUTE_HU).
 SUBACUTE_SHARE = 0.12
+#: A subacute bleed's density range, HU (low, high): about grey matter's.
+SUBACUTE_HU = (40.0, 52.0)
 #: Slices per series vary by this share around `SynthConfig.slices` (34 gives 28-40).
 SLICE_SPREAD = 0.18
 #: Dense structures that are not bleeds, as the manifest names them.
@@ -423,7 +426,7 @@ def _plan_bleeds(
                 y=float(0.35 * math.sin(angle) * rng.uniform(0.3, 1.0)),
                 radius=float(math.exp(rng.uniform(math.log(0.06), math.log(0.28)))),
                 hu=float(
-                    rng.uniform(40.0, 52.0)
+                    rng.uniform(*SUBACUTE_HU)
                     if subacute
                     else rng.uniform(55.0, 70.0)
                     if subtype == "subarachnoid"
@@ -522,10 +525,21 @@ def _disc(f: _Frame, u: float, v: float, radius: float) -> np.ndarray:
     return du * du + dv * dv < radius * radius
 
 
-def _brain_tissue(f: _Frame, head: Head, rng: np.random.Generator) -> np.ndarray:
+def _folds(f: _Frame, head: Head) -> tuple[np.ndarray, np.ndarray]:
+    """Depth from the inner table inwards, and the cortical folding (+1 a gyrus' crown,
+    -1 a sulcus' trough) at each pixel."""
+    return f.inner - f.r, np.cos(head.gyri * f.theta + 3.0 * f.zr + head.phase)
+
+
+def _widening(head: Head) -> float:
+    """How much wider the ventricles (and the choroid plexus in them) are with age."""
+    return 1.0 + 0.8 * head.atrophy
+
+
+def _brain_tissue(
+    f: _Frame, head: Head, rng: np.random.Generator, *, depth: np.ndarray, fold: np.ndarray
+) -> np.ndarray:
     """Grey and white matter with a folded cortical ribbon, deep grey nuclei and texture."""
-    depth = f.inner - f.r  # from the inner table inwards
-    fold = np.cos(head.gyri * f.theta + 3.0 * f.zr + head.phase)
     ribbon = head.cortex * (1.0 + 0.6 * fold)
     grey = 1.0 / (1.0 + np.exp((depth - ribbon) / 0.012))
     g = 1.0 - ((f.zr + 0.05) / 0.3) ** 2
@@ -541,10 +555,8 @@ def _brain_tissue(f: _Frame, head: Head, rng: np.random.Generator) -> np.ndarray
     return head.white_hu + (head.grey_hu - head.white_hu) * grey + texture + 4.0 * fine
 
 
-def _csf(f: _Frame, head: Head) -> np.ndarray:
+def _csf(head: Head, *, depth: np.ndarray, fold: np.ndarray) -> np.ndarray:
     """Sulci at the cortical folds' troughs and a CSF rim under the skull, wider with age."""
-    depth = f.inner - f.r
-    fold = np.cos(head.gyri * f.theta + 3.0 * f.zr + head.phase)
     sulci = (fold < -0.9 + 0.06 * head.atrophy) & (depth < 0.06 + 0.06 * head.atrophy)
     return sulci | (depth < 0.008 + 0.022 * head.atrophy)
 
@@ -554,7 +566,7 @@ def _ventricles(f: _Frame, head: Head) -> np.ndarray:
     if extent <= 0:
         return np.zeros(f.r.shape, bool)
     g = math.sqrt(extent)
-    wide = 1.0 + 0.8 * head.atrophy
+    wide = _widening(head)
     mask = np.zeros(f.r.shape, bool)
     for side in (-1, 1):
         du = (f.u - side * 0.12 * wide) / (0.06 * g * wide + 0.014)
@@ -568,7 +580,7 @@ def _mimics(f: _Frame, head: Head) -> list[tuple[str, np.ndarray, float]]:
     out = []
     z = f.zr
     if head.choroid_hu and -0.15 < z < 0.35:  # calcified choroid plexus in the atria
-        wide = 1.0 + 0.8 * head.atrophy
+        wide = _widening(head)
         mask = _disc(f, -0.12 * wide, 0.2, 0.035) | _disc(f, 0.12 * wide, 0.2, 0.035)
         out.append(("choroid", mask, head.choroid_hu))
     if head.pineal_hu and -0.15 < z < 0.1:
@@ -624,9 +636,10 @@ def _render(
     hu[skull] = (head.bone_hu + 250 * np.sin(5 * f.theta + head.phase))[skull]
     hu[skull & diploe] *= 0.55
     brain = f.r < f.inner
-    hu[brain] = _brain_tissue(f, head, rng)[brain]
+    depth, fold = _folds(f, head)
+    hu[brain] = _brain_tissue(f, head, rng, depth=depth, fold=fold)[brain]
     ventricles = _ventricles(f, head)
-    csf = (_csf(f, head) & brain) | ventricles
+    csf = (_csf(head, depth=depth, fold=fold) & brain) | ventricles
     hu[csf] = 8.0
     shown = []
     for name, mask, density in _mimics(f, head):
@@ -818,6 +831,7 @@ def _write_series(job: tuple[SeriesPlan, str]) -> list[dict]:
     group = GROUPS[plan_.group]
     n = len(plan_.image_ids)
     spacing = 230.0 / min(plan_.rows, plan_.cols) / plan_.fov  # about a 230 mm field of view
+    min_pixels = max(4.0, MIN_BLEED_FRACTION * plan_.rows * plan_.cols)
     results = []
     for k, image_id in enumerate(plan_.image_ids):
         hu, masks, contrast, shown = _render(plan_, k)
@@ -840,9 +854,11 @@ def _write_series(job: tuple[SeriesPlan, str]) -> list[dict]:
                 "image_id": image_id,
                 "pixels": {s: int(m.sum()) for s, m in masks.items() if m.any()},
                 "contrast": contrast,
-                "min_pixels": max(4.0, MIN_BLEED_FRACTION * plan_.rows * plan_.cols),
+                "min_pixels": min_pixels,
                 "shown": shown + (["motion"] if k in plan_.motion else []),
-                "subacute": any(b.hu < 55.0 and partial_volume(b, k) > 0 for b in plan_.bleeds),
+                "subacute": any(
+                    b.hu <= SUBACUTE_HU[1] and partial_volume(b, k) > 0 for b in plan_.bleeds
+                ),
             }
         )
     return results

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -170,16 +168,13 @@ def test_negatives_show_dense_structures_a_threshold_mistakes_for_blood(tiny_com
     assert roc_auc_score(positive, counts) < 0.9  # about 0.78 here
 
 
-def test_prevalence_and_subtype_order_follow_the_real_data():
+def test_prevalence_and_subtype_order_follow_the_real_data(tmp_path):
     """About 14% of real slices are `any`-positive; epidural is the rarest subtype."""
-    result = make_competition(
-        tempfile.mkdtemp(), SynthConfig(patients=64, size=64, seed=0), workers=2
-    )
+    result = make_competition(tmp_path, SynthConfig(patients=64, size=64, seed=0), workers=2)
     labels = pd.concat([result.train_labels, result.test_labels])
     rates = labels.mean()
     assert 0.10 <= rates["any"] <= 0.18
     assert rates["epidural"] == rates[list(SUBTYPES)].min() > 0
-    shutil.rmtree(result.root)
 
 
 def test_label_noise_flips_its_rate_of_the_borderline_labels(tmp_path):
