@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -35,6 +36,7 @@ __all__ = [
     "geometry",
     "neighbours",
     "slice_order",
+    "stack_channels",
     "read_embeddings",
     "reversed_series",
     "slice_inputs",
@@ -55,6 +57,37 @@ MAX_GAP_RATIO = 4.0
 
 class SeriesError(RsnaError):
     """Bad options for series order or series inputs."""
+
+
+_CV_CN_MAX = 512  # OpenCV's channel limit per array (CV_CN_MAX in core/cvdef.h)
+
+
+def stack_channels(slices: Sequence[np.ndarray], *, out: np.ndarray) -> np.ndarray:
+    """Write `slices` (each uint8 rows x cols x c) side by side along the channels of `out`
+    (rows x cols x sum of c), as ``np.concatenate(slices, axis=2)`` would.
+
+    A context sample's channels interleave its slices pixel by pixel, a copy NumPy makes
+    a few bytes at a time; OpenCV's ``cv2.merge`` makes it about 5x faster (issue 28,
+    ``scripts/bench_feed.py``). `out` must be C-contiguous, as a batch row is.
+
+    Raises:
+        SeriesError: the slices' shapes do not add up to `out`'s.
+    """
+    channels = sum(image.shape[2] for image in slices)
+    if out.shape != (*slices[0].shape[:2], channels) or any(
+        image.shape[:2] != out.shape[:2] for image in slices
+    ):
+        raise SeriesError(
+            f"slices of shapes {[image.shape for image in slices]} do not stack "
+            f"into {out.shape}"
+        )
+    if len(slices) == 1 or not out.flags.c_contiguous or channels > _CV_CN_MAX:
+        np.concatenate(slices, axis=2, out=out)
+        return out
+    merged = cv2.merge(list(slices), dst=out)
+    if merged is not out and not np.shares_memory(merged, out):  # OpenCV made its own array
+        np.copyto(out, merged)
+    return out
 
 
 def neighbours(slices: pd.DataFrame, image_ids: Sequence[str], *, context: int) -> np.ndarray:

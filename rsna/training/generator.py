@@ -52,7 +52,14 @@ from rsna.data.augment import Augment, augment
 from rsna.data.cache import ImageCache, complete_store
 from rsna.data.crop import Crop
 from rsna.data.labels import LABELS
-from rsna.data.series import Series, distort, epoch_order, neighbours, reversed_series
+from rsna.data.series import (
+    Series,
+    distort,
+    epoch_order,
+    neighbours,
+    reversed_series,
+    stack_channels,
+)
 from rsna.data.sources import DicomFolder, DicomImages, ImageSource, ImageSpec
 from rsna.data.windowing import DEFAULT_WINDOWS, Curve, Window
 from rsna.errors import DataWarning, RsnaError
@@ -407,26 +414,20 @@ class DataGenerator(keras.utils.PyDataset):
     def _fill(self, out: np.ndarray, row: int, decoded: dict | None) -> bool:
         """Write the stacked context channels of one image into `out`; False to skip it.
 
-        Without context (`decoded` is None) the slice is decoded straight into `out`."""
+        Without context (`decoded` is None) the slice is decoded straight into `out`; with
+        context, the decoded slices are interleaved into it in one pass
+        (:func:`~rsna.data.series.stack_channels`)."""
         centre = self.image_ids[row]
-        step = self.spec.channels
         try:
-            for j, image_id in enumerate(self._slices[row]):
-                image_id = self._stand_in(image_id, centre)
-                target = out[..., j * step : (j + 1) * step]
-                if not self.images.readable(image_id):  # a centre known to be unreadable
-                    if self.to_fit:
-                        raise GeneratorError(
-                            f"{image_id} is unreadable: {self.images.reason(image_id)}"
-                        )
-                    target[...] = 0
-                elif decoded is None:
-                    self.images.read_into(image_id, target)
-                    self._count_decode()
-                elif isinstance(image := decoded[image_id], RsnaError):
-                    raise image
+            if decoded is None:
+                if self._known_unreadable(centre):
+                    out[...] = 0
                 else:
-                    np.copyto(target, image)
+                    self.images.read_into(centre, out)
+                    self._count_decode()
+            else:
+                parts = [self._context_slice(i, centre, decoded) for i in self._slices[row]]
+                stack_channels(parts, out=out)
         except RsnaError as exc:
             if self.to_fit:
                 warnings.warn(f"skipping {centre} in training: {exc}", DataWarning, stacklevel=2)
@@ -436,6 +437,25 @@ class DataGenerator(keras.utils.PyDataset):
             self._outcome[row] = _ZEROS
             out[...] = 0
         return True
+
+    def _known_unreadable(self, image_id: str) -> bool:
+        """A centre known to be unreadable: an error in training, zeros in prediction."""
+        if self.images.readable(image_id):
+            return False
+        if self.to_fit:
+            raise GeneratorError(f"{image_id} is unreadable: {self.images.reason(image_id)}")
+        return True
+
+    def _context_slice(self, image_id: str, centre: str, decoded: dict) -> np.ndarray:
+        """One context slice from the batch's decoded slices (zeros for an unreadable
+        centre in prediction)."""
+        image_id = self._stand_in(image_id, centre)
+        if self._known_unreadable(image_id):
+            return np.zeros(self.images.shape, np.uint8)
+        image = decoded[image_id]
+        if isinstance(image, RsnaError):
+            raise image
+        return image
 
     @property
     def failed(self) -> list[str]:

@@ -12,10 +12,12 @@ from hypothesis.extra.numpy import arrays
 from rsna.data.series import (
     GEOMETRY,
     MAX_GAP_RATIO,
+    SeriesError,
     build_series,
     distort,
     geometry,
     reversed_series,
+    stack_channels,
 )
 
 
@@ -104,3 +106,32 @@ def test_distortion_leaves_geometry_alone_and_scales_deltas_only(case, seed):
     assert np.all((scale[nonzero] > 0.69) & (scale[nonzero] < 1.31))
     same = distort(values, np.random.default_rng(seed), 0.3, position=True)
     np.testing.assert_array_equal(out, same)  # the generator decides everything
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    cols=st.integers(1, 9),
+    channels=st.lists(st.integers(1, 4), min_size=1, max_size=7),
+    seed=st.integers(0, 2**16),
+)
+def test_stack_channels_equals_numpys_concatenate(rows, cols, channels, seed):
+    rng = np.random.default_rng(seed)
+    slices = [rng.integers(0, 256, (rows, cols, c), dtype=np.uint8) for c in channels]
+    out = np.full((rows, cols, sum(channels)), 7, np.uint8)
+    assert stack_channels(slices, out=out) is out
+    np.testing.assert_array_equal(out, np.concatenate(slices, axis=2))
+
+
+def test_stack_channels_into_a_strided_view_and_bad_shapes():
+    rng = np.random.default_rng(0)
+    slices = [rng.integers(0, 256, (5, 6, 3), dtype=np.uint8) for _ in range(3)]
+    batch = np.zeros((2, 5, 6, 12), np.uint8)
+    view = batch[0, :, :, :9]  # not C-contiguous: the NumPy path
+    stack_channels(slices, out=view)
+    np.testing.assert_array_equal(view, np.concatenate(slices, axis=2))
+    assert not batch[..., 9:].any() and not batch[1].any()
+    with pytest.raises(SeriesError, match=r"do not stack into \(5, 6, 8\)"):
+        stack_channels(slices, out=np.empty((5, 6, 8), np.uint8))
+    with pytest.raises(SeriesError, match="do not stack"):
+        stack_channels([slices[0], slices[1][:4]], out=np.empty((5, 6, 6), np.uint8))

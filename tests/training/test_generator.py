@@ -14,10 +14,12 @@ import pytest
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 from harness import TINY_CODEC, TINY_SPEC
+from rsna.data.augment import Augment, augment
 from rsna.data.cache import CacheError, ImageCache, cache_dir
 from rsna.data.folds import read_folds
 from rsna.data.labels import LABELS
 from rsna.data.metadata import read_metadata, read_prepared_labels
+from rsna.data.series import neighbours
 from rsna.errors import DataWarning, RsnaError
 from rsna.training.generator import (
     DataGenerator,
@@ -133,6 +135,40 @@ def test_context_stacks_neighbours_by_z_and_repeats_the_edges(data):
     np.testing.assert_array_equal(
         x[-1], np.concatenate([images[-2], images[-1], images[-1]], axis=-1)
     )
+
+
+def reference_batch(gen: DataGenerator, data, index: int, epoch: int) -> np.ndarray:
+    """Batch `index` as the contract says, slice by slice: each context slice read alone
+    (an unreadable neighbour replaced by the centre), concatenated along the channels,
+    then augmented with the batch's generator (seed, epoch, index) row after row."""
+    rows = gen.order(epoch)[index * gen.batch_size : (index + 1) * gen.batch_size]
+    centres = [gen.image_ids[int(r)] for r in rows]
+    around = neighbours(data["meta"], centres, context=gen.context)
+    readable = data["meta"]["readable"]
+    rng = np.random.default_rng([gen.seed, epoch, index]) if gen.augment else None
+    samples = []
+    for centre, ids in zip(centres, around, strict=True):
+        parts = [gen.images.read(i if readable[i] else centre) for i in ids]
+        x = np.concatenate(parts, axis=-1)
+        samples.append(x if rng is None else augment(x, rng, gen.augment, windows=3))
+    return np.stack(samples)
+
+
+@pytest.mark.parametrize("context", [0, 1, 2])
+@pytest.mark.parametrize("warp", [False, True])
+def test_batches_equal_the_slice_by_slice_reference(data, context, warp):
+    gen = make(data, context=context, shuffle=True, augment=Augment() if warp else None)
+    for epoch, index in [(0, 0), (1, 2), (0, len(gen) - 1)]:
+        x, _ = gen.load_batch(index, epoch=epoch)
+        np.testing.assert_array_equal(x, reference_batch(gen, data, index, epoch))
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_head_crops_from_dicoms_equal_the_reference(data, context):
+    gen = make(data, cache=None, work_dir=data["work"], crop="head", context=context, augment=True)
+    x, _ = gen.load_batch(1, epoch=0)
+    assert x.shape[-1] == 3 * (2 * context + 1)
+    np.testing.assert_array_equal(x, reference_batch(gen, data, 1, 0))
 
 
 def test_unreadable_images_are_skipped_in_training_and_zeros_in_prediction(data, tiny_competition):
