@@ -186,6 +186,9 @@ def measure(name: str, root: Path, *, cores: int, context: int) -> dict:
     if name.startswith("ceiling"):
         return {"rate": _ceiling(root, name.split()[-1])}
     ids, labels, triples = _epoch(root, context)
+    import keras  # noqa: F401  (every loader runs beside Keras: its memory is not the loader's)
+    import tensorflow  # noqa: F401
+
     base = _rss_mb()
     if "DataGenerator" in name:
         rate = _generator(root / name.rsplit(" ", 1)[-1], ids, labels, cores=cores, context=context)

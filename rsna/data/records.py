@@ -28,7 +28,7 @@ import google_crc32c
 
 from rsna.errors import RsnaError
 
-__all__ = ["HEADER_BYTES", "RecordError", "masked_crc", "read_record", "record_at", "write_records"]
+__all__ = ["FOOTER_BYTES", "HEADER_BYTES", "RecordError", "masked_crc", "read_record", "record_at", "write_records"]
 
 #: Bytes of framing before a record's data (length and its CRC), and after it.
 HEADER_BYTES, FOOTER_BYTES = 12, 4

@@ -4,17 +4,22 @@ decoded once, in an order that is a pure function of (seed, epoch)."""
 from __future__ import annotations
 
 import hashlib
+import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harness import TINY_CODEC, TINY_SPEC
 from rsna.data.augment import Augment
-from rsna.data.cache import CacheError, ImageCache, cache_dir
+from rsna.data.cache import CacheError, ImageCache, build_cache, cache_dir
 from rsna.data.folds import read_folds
 from rsna.data.metadata import read_prepared_labels
+from rsna.errors import DataWarning
 from rsna.training.generator import DataGenerator
-from rsna.training.streaming import StreamError, stream_dataset, stream_steps
+from rsna.training.streaming import StreamError, stream_dataset, stream_memory, stream_steps
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,17 @@ def data(tiny_work):
         "labels": read_prepared_labels(tiny_work),
         "train": folds.index[folds != 0].tolist(),
     }
+
+
+@pytest.fixture(scope="module")
+def shardings(tiny_work, tmp_path_factory):
+    """The tiny store again with shards of 1 slice (a series a shard) and of every slice."""
+    root = tmp_path_factory.mktemp("shardings")
+    stores = {}
+    for size in (1, 100_000):
+        build_cache(tiny_work, TINY_SPEC, codec=TINY_CODEC, out=root / str(size), shard_size=size, workers=1)  # fmt: skip
+        stores[size] = ImageCache(root / str(size))
+    return stores
 
 
 def fingerprints(batches) -> list[str]:
@@ -60,7 +76,7 @@ def test_order_and_augmentation_are_a_function_of_seed_and_epoch(data):
 def test_bad_inputs(data):
     with pytest.raises(StreamError, match="1 images are not in"):
         stream_dataset(data["store"], ["ID_nope"], data["labels"], batch_size=4)
-    with pytest.raises(StreamError, match="`batch_size` and `cycle_length` must be positive"):
+    with pytest.raises(StreamError, match="`batch_size` must be a positive integer. Received: batch_size=0"):
         stream_dataset(data["store"], data["train"], data["labels"], batch_size=0)
 
 
@@ -138,3 +154,51 @@ def test_a_corrupt_record_names_its_shard_and_image(data, tmp_path):
     stream = stream_dataset(ImageCache(copy), data["train"], data["labels"], batch_size=4)
     with pytest.raises(tf.errors.OpError, match=f"shard-{shard:05d}.tfrecord: image {victim}: .*checksum mismatch"):
         list(stream.as_numpy_iterator())
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shard_size=st.sampled_from([1, 16, 100_000]),
+    block=st.integers(1, 9),
+    context=st.integers(0, 2),
+    pick=st.integers(0, 2**16),
+    shuffle=st.booleans(),
+)
+def test_each_image_once_an_epoch_with_its_neighbours(data, shardings, shard_size, block, context, pick, shuffle):  # fmt: skip
+    """Over shard sizes, block sizes and subsets that cut series anywhere, every epoch holds
+    the generator's samples (its neighbours proved by the generator's reference test)."""
+    store = data["store"] if shard_size == 16 else shardings[shard_size]
+    keep = np.random.default_rng(pick).random(len(data["train"])) < 0.6
+    ids = [i for i, k in zip(data["train"], keep, strict=True) if k] or data["train"][:1]
+    stream = stream_dataset(store, ids, data["labels"], batch_size=4, context=context, block=block, shuffle=shuffle, seed=pick, epochs=2)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        gen = DataGenerator(ids, data["labels"], cache=store, size=32, batch_size=4, context=context)  # fmt: skip
+    batches = list(stream.as_numpy_iterator())
+    steps = stream_steps(len(gen.image_ids), 4)
+    assert len(batches) == 2 * steps
+    expected = fingerprints(gen[i] for i in range(len(gen)))
+    assert fingerprints(batches[:steps]) == expected
+    assert fingerprints(batches[steps:]) == expected
+
+
+def test_memory_is_bounded_by_the_pipeline_not_the_shard(data, shardings):
+    """One shard of every slice at context 2: the old stream decoded the shard whole.
+    NumPy's buffers are traced by tracemalloc; the blocks are what the stream holds."""
+    store = shardings[100_000]
+    ids = [i for i in data["labels"].index if i in store.index.index and store.readable(i)]
+    sample = 32 * 32 * 15
+    options = dict(batch_size=4, context=2, block=2, parallel=1, shuffle_buffer=4, prefetch=1)
+    stream = stream_dataset(store, ids, data["labels"], shuffle=True, **options)
+    tracemalloc.start()
+    try:
+        n = sum(len(x) for x, _ in stream.as_numpy_iterator())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == len(ids) > 40
+    bound = stream_memory(sample, **{k: v for k, v in options.items() if k != "context"})
+    assert bound == (2 * 2 + 4 + 2 * 4) * sample
+    whole_shard = len(ids) * sample
+    assert peak < whole_shard / 3, (peak, whole_shard)
+    assert peak < bound, (peak, bound)  # NumPy holds only blocks; the rest is TensorFlow's
