@@ -25,6 +25,7 @@ import math
 import re
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from rsna.backbones import BACKBONES, Backbone
@@ -44,11 +45,13 @@ __all__ = [
     "Item",
     "Plan",
     "LOADER",
+    "LOADER_CORES",
     "PREPROCESS",
     "PlanError",
     "format_plan",
     "free_disk_gb",
     "hardware",
+    "loader_rate",
     "plan_run",
     "store_kb",
 ]
@@ -88,10 +91,32 @@ BYTES = {
 #: 256x256x3 store at 1,515 slices/s on 2 cores (scripts/bench_scale.py, README).
 PREPROCESS = {"dicom_kb": 525.0, "read_mb_per_s": 100.0, "slices_per_s": 1515.0}
 
-#: The DataGenerator's rate from a lossy store at 256x256 with one context slice a side,
-#: batches of 64, on 2 cores of this machine (976 img/s, scripts/bench_scale.py-style
-#: runs recorded in the project's feeding issue); it scales with cores and with area.
-LOADER = {"images_per_s": 976.0, "cores": 2, "size": 256}
+#: The DataGenerator's images a second, a core, at 256x256 (batches of 64, one worker
+#: thread a core, all cores busy), by store compression and context slices a side:
+#: ``python scripts/bench_feed.py`` on 2 cores of this machine (medians of 3 interleaved
+#: rounds, issue 28). A raw store reads at least as fast as a lossless one.
+LOADER = {
+    "size": 256,
+    "measured_cores": 2,
+    # 4,314 / 1,578 img/s lossless and 3,411 / 985 lossy at context 0 / 1, on 2 cores
+    "per_core": {("lossless", 0): 2157.0, ("lossless", 1): 789.0, ("lossy", 0): 1706.0, ("lossy", 1): 493.0},
+    "source": "scripts/bench_feed.py, 2 cores",
+}
+
+#: Cores a loader may have, for the feeding table of ``rsna plan``.
+LOADER_CORES = (4, 16, 64)
+
+
+def loader_rate(*, compression: str, context: int, size: int, cores: int) -> float:
+    """Images a second the DataGenerator gives on `cores` cores (:data:`LOADER`): linear
+    in cores from the all-cores-busy rate (an upper bound), inverse in area, and past
+    context 1 inverse in the slices decoded a sample (``2 * context + 1``)."""
+    kind = "lossy" if compression == "lossy" else "lossless"
+    base = LOADER["per_core"][(kind, min(context, 1))]
+    if context > 1:
+        base *= 3 / (2 * context + 1)
+    return base * cores * (LOADER["size"] / size) ** 2
+
 
 #: Stage 2's seconds per training slice, epoch and bag of the series model on 2 CPU
 #: cores: ``python scripts/bench_stage2.py baseline`` (a GRU of 96 units, batches of 96
@@ -184,6 +209,9 @@ class Plan:
     rate: float = 0.0  # training images a second on all devices
     rate_source: str = ""
     size: int = 256  # image.size, for the loader's rate
+    context: int = 1  # image.context, for the loader's rate
+    compression: str = "lossy"  # data.compression, for the loader's rate
+    workers: int = 1  # train.workers: the loader's threads
 
     @property
     def disk_gb(self) -> float:
@@ -309,7 +337,11 @@ def plan_run(
             Item("stage 2", f"series model: {trained} folds x {seq_epochs} epochs (2-core CPU rate)", trained * valid * BYTES["oof_row"] * 2 * gb, trained * (fit + valid / 3) * seq_epochs * STAGE2_SECONDS / 3600, cpu=True),
             Item("stage 2", "test: submission and predictions", (test * 6 * BYTES["submission_row"] + test * BYTES["oof_row"]) * gb),
         ]  # fmt: skip
-    return Plan(config.name, machine, train, test, trained, tuple(items), speed, source, config.image.size)
+    return Plan(
+        config.name, machine, train, test, trained, tuple(items), speed, source,
+        size=config.image.size, context=config.image.context,
+        compression=config.data.compression, workers=config.train.workers,
+    )  # fmt: skip
 
 
 def format_plan(plan: Plan, *, free_gb: float | None = None) -> str:
@@ -349,14 +381,41 @@ def _verdicts(plan: Plan, free_gb: float | None) -> list[str]:
         out.append(f"quota: {plan.hours:.1f} of {machine.weekly_hours:.0f} GPU-hours a week ({weeks:.0%}): {fits}")
     where = "; on Kaggle run them in a CPU notebook, where they use no GPU quota" if machine.weekly_hours else ""
     out.append(f"CPU: {plan.cpu_hours:.1f} h (preprocessing, the series model){where}")
-    per_core = LOADER["images_per_s"] / LOADER["cores"] * (LOADER["size"] / plan.size) ** 2
-    out.append(
-        f"feeding: the devices take {plan.rate:,.0f} img/s; the loader gives about "
-        f"{per_core:,.0f} img/s a core at {plan.size} (measured on 2 cores at 256), so about "
-        f"{math.ceil(plan.rate / per_core)} core(s) keep them busy"
-    )
+    out += _feeding(plan)
     out.append("every figure is a projection: measure one epoch before you trust the hours")
     return out
+
+
+def _feeding(plan: Plan) -> list[str]:
+    """Whether the config's loader keeps the devices busy, and what more cores would feed."""
+    rate = partial(loader_rate, compression=plan.compression, context=plan.context, size=plan.size)
+    one = rate(cores=1)
+    needed = math.ceil(plan.rate / one)
+    given = rate(cores=plan.workers)
+    roomy = math.ceil(1.5 * plan.rate / one)  # half again: the device rate is an estimate
+    if given >= 1.5 * plan.rate:
+        verdict = "enough"
+    elif given >= plan.rate:
+        verdict = f"enough, with little margin: train.workers = {roomy} gives {rate(cores=roomy):,.0f}"
+    else:
+        verdict = f"too few: set train.workers = {needed} (threads; give the run that many cores)"
+    device = plan.rate / plan.hardware.count  # this config on one of this plan's devices
+    kinds = ", ".join(
+        f"{gpu.name} " + " / ".join(
+            f"{rate(cores=n) / (device * gpu.b0_images_per_second / plan.hardware.gpu.b0_images_per_second):.0f}"
+            for n in LOADER_CORES
+        )
+        for gpu in GPUS.values()
+    )  # fmt: skip
+    cores = " / ".join(f"{rate(cores=n):,.0f}" for n in LOADER_CORES)
+    return [
+        f"feeding: the devices take {plan.rate:,.0f} img/s; the DataGenerator gives about "
+        f"{one:,.0f} img/s a worker thread at {plan.size} from a {plan.compression} store at "
+        f"context {plan.context} ({LOADER['source']}), so train.workers = {plan.workers} gives "
+        f"{given:,.0f}: {verdict}",
+        f"feeding on {' / '.join(map(str, LOADER_CORES))} cores: {cores} img/s (linear in "
+        f"cores: an upper bound), which keeps busy about {kinds} devices",
+    ]
 
 
 def free_disk_gb(folder: Path) -> float:

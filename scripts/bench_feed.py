@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats")
     parser.add_argument("--keep", type=Path, default=None, help="build (or reuse) the data here")
     parser.add_argument("--contexts", default="0,1")
+    parser.add_argument("--batch-size", type=int, default=BATCH)
+    parser.add_argument("--core-counts", default="", help="e.g. 1,2 (default: 1 and all)")
     parser.add_argument("--loaders", default=";".join(LOADERS), help="names, separated by ;")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # a child's job
     parser.add_argument("--cores", type=int, default=1, help=argparse.SUPPRESS)
@@ -77,7 +79,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.root, cores=args.cores, context=args.context)))
+        print(json.dumps(measure(args.measure, args.root, cores=args.cores, context=args.context, batch=args.batch_size)))
         return
     root = args.keep or Path(tempfile.mkdtemp(prefix="rsna-bench-feed-"))
     try:
@@ -125,12 +127,12 @@ def run(root: Path, args: argparse.Namespace) -> None:
     build(root, args.slices)
     print(f"built in {time.perf_counter() - start:.0f} s: {root}")
     cores = len(os.sched_getaffinity(0))
-    core_counts = sorted({1, cores})
+    core_counts = [int(n) for n in args.core_counts.split(",")] if args.core_counts else sorted({1, cores})
     loaders = args.loaders.split(";")
     contexts = [int(c) for c in args.contexts.split(",")]
 
     def child(name: str, n: int, context: int = 0) -> dict:
-        command = [sys.executable, __file__, "--measure", name, "--cores", str(n), "--context", str(context), "--root", str(root)]  # fmt: skip
+        command = [sys.executable, __file__, "--measure", name, "--cores", str(n), "--context", str(context), "--root", str(root), "--batch-size", str(args.batch_size)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
         if done.returncode != 0:
             raise SystemExit(f"{name} (context {context}, {n} cores) failed:\n{done.stderr[-3000:]}")  # fmt: skip
@@ -176,7 +178,7 @@ def report(runs: dict, ceiling: dict, *, contexts: list[int], core_counts: list[
 # ------------------------------------------------------------------------- the children
 
 
-def measure(name: str, root: Path, *, cores: int, context: int) -> dict:
+def measure(name: str, root: Path, *, cores: int, context: int, batch: int = BATCH) -> dict:
     """One measurement in this process, pinned to `cores` cores before any thread starts."""
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
     warnings.simplefilter("ignore")
@@ -191,13 +193,13 @@ def measure(name: str, root: Path, *, cores: int, context: int) -> dict:
 
     base = _rss_mb()
     if "DataGenerator" in name:
-        rate = _generator(root / name.rsplit(" ", 1)[-1], ids, labels, cores=cores, context=context)
+        rate = _generator(root / name.rsplit(" ", 1)[-1], ids, labels, cores=cores, context=context, batch=batch)  # fmt: skip
     elif "stream" in name:
-        rate = _stream(root / "lossless", ids, labels, cores=cores, context=context)
+        rate = _stream(root / "lossless", ids, labels, context=context, batch=batch)
     elif "tf.data" in name:
-        rate = _tf_files(root, triples, labels.loc[ids], png="PNG" in name)
+        rate = _tf_files(root, triples, labels.loc[ids], png="PNG" in name, batch=batch)
     else:
-        rate = _py_dataset(root, triples, labels.loc[ids], cores=cores)
+        rate = _py_dataset(root, triples, labels.loc[ids], cores=cores, batch=batch)
     return {"rate": rate, "peak_mb": _peak_mb() - base}
 
 
@@ -246,13 +248,19 @@ def _ceiling(root: Path, fmt: str) -> float:
 
 
 def _drain(batches) -> float:
-    """Images/s of an iterator of batches, timed from the end of the first batch."""
+    """Images/s of an iterator of batches, timed from the end of the first batch.
+
+    Raises:
+        SystemExit: one batch or none: nothing to time (use a smaller batch).
+    """
     start, n = None, 0
     for x in batches:
         if start is None:
             start = time.perf_counter()
             continue
         n += len(x[0] if isinstance(x, tuple) else x)
+    if n == 0:
+        raise SystemExit("the epoch has one batch: nothing to time after it (lower --batch-size)")
     return n / (time.perf_counter() - start)
 
 
@@ -266,21 +274,21 @@ def _adapter_batches(dataset):
     adapter.on_epoch_end()
 
 
-def _generator(store: Path, ids, labels, *, cores: int, context: int) -> float:
+def _generator(store: Path, ids, labels, *, cores: int, context: int, batch: int) -> float:
     from rsna.training.generator import DataGenerator
 
-    gen = DataGenerator(ids, labels, cache=store, size=SIZE, batch_size=BATCH, context=context, shuffle=True, workers=cores)  # fmt: skip
+    gen = DataGenerator(ids, labels, cache=store, size=SIZE, batch_size=batch, context=context, shuffle=True, workers=cores)  # fmt: skip
     return _drain(_adapter_batches(gen))
 
 
-def _stream(store: Path, ids, labels, *, cores: int, context: int) -> float:
+def _stream(store: Path, ids, labels, *, context: int, batch: int) -> float:
     from rsna.training.streaming import stream_dataset
 
-    data = stream_dataset(store, ids, labels, batch_size=BATCH, context=context, shuffle=True)
+    data = stream_dataset(store, ids, labels, batch_size=batch, context=context, shuffle=True)
     return _drain(data.as_numpy_iterator())
 
 
-def _tf_files(root: Path, triples: np.ndarray, labels, *, png: bool) -> float:
+def _tf_files(root: Path, triples: np.ndarray, labels, *, png: bool, batch: int) -> float:
     """The idiomatic tf.data peer: a path per slice, decoded in an AUTOTUNE map."""
     import tensorflow as tf
 
@@ -292,11 +300,11 @@ def _tf_files(root: Path, triples: np.ndarray, labels, *, png: bool) -> float:
         return tf.concat([decode(tf.io.read_file(row[j]), channels=3) for j in range(paths.shape[1])], axis=-1), y  # fmt: skip
 
     data = tf.data.Dataset.from_tensor_slices((paths, labels.to_numpy(np.float32)))
-    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH).prefetch(tf.data.AUTOTUNE)  # fmt: skip
+    data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)  # fmt: skip
     return _drain(data.as_numpy_iterator())
 
 
-def _py_dataset(root: Path, triples: np.ndarray, labels, *, cores: int) -> float:
+def _py_dataset(root: Path, triples: np.ndarray, labels, *, cores: int, batch: int) -> float:
     """The 1st place's reader in Keras: cv2.imread of each slice's PNG, stacked."""
     import cv2
     import keras
@@ -305,10 +313,10 @@ def _py_dataset(root: Path, triples: np.ndarray, labels, *, cores: int) -> float
 
     class PngSlices(keras.utils.PyDataset):
         def __len__(self) -> int:
-            return -(-len(triples) // BATCH)
+            return -(-len(triples) // batch)
 
         def __getitem__(self, index: int):
-            rows = range(index * BATCH, min((index + 1) * BATCH, len(triples)))
+            rows = range(index * batch, min((index + 1) * batch, len(triples)))
             x = np.stack([np.concatenate([cv2.imread(str(root / "png" / f"{i}.png")) for i in triples[r]], axis=-1) for r in rows])  # fmt: skip
             return x, targets[rows.start : rows.stop]
 

@@ -11,9 +11,12 @@ from rsna.plan import (
     FULL_TEST,
     FULL_TRAIN,
     GPUS,
+    LOADER,
     REAL_SLICE_KB,
     PlanError,
+    format_plan,
     hardware,
+    loader_rate,
     plan_run,
     store_kb,
 )
@@ -99,3 +102,28 @@ def test_the_cli_prints_the_plan_and_its_verdicts(capsys):
     assert main(["plan", "demo"]) == 2
     assert "--rate" in capsys.readouterr().err
     assert main(["plan", "baseline", "--gpus", "h100"]) == 2
+
+
+def test_the_loaders_rate_follows_context_size_cores_and_store():
+    one = LOADER["per_core"][("lossy", 1)]
+    assert loader_rate(compression="lossy", context=1, size=256, cores=1) == one
+    assert loader_rate(compression="lossy", context=1, size=512, cores=4) == pytest.approx(one)
+    assert loader_rate(compression="lossy", context=2, size=256, cores=5) == pytest.approx(3 * one)
+    assert loader_rate(compression="lossy", context=0, size=256, cores=1) == LOADER["per_core"][("lossy", 0)]
+    assert loader_rate(compression="none", context=1, size=256, cores=1) == LOADER["per_core"][("lossless", 1)]
+    assert all(rate > 0 for rate in LOADER["per_core"].values())
+
+
+def test_the_feeding_verdict_names_the_workers_to_set():
+    """8 A100s take far more than one loader thread gives: the plan says how many."""
+    config = load_config("baseline")
+    machine = hardware("a100x8")
+    plan = plan_run(config, machine=machine)
+    text = format_plan(plan)
+    one = loader_rate(compression="lossy", context=1, size=256, cores=1)
+    needed = -(-plan.rate // one)
+    assert f"train.workers = {config.train.workers} gives {one:,.0f}" in text
+    assert f"too few: set train.workers = {needed:.0f}" in text
+    assert "context 1" in text and "feeding on 4 / 16 / 64 cores" in text
+    kaggle = format_plan(plan_run(config, machine=hardware("t4x2")))
+    assert ": enough" in kaggle or "too few" in kaggle
