@@ -714,10 +714,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     run: Callable[[argparse.Namespace], None] = args.run
     try:
-        if args.command in _TF_COMMANDS and not getattr(args, "verbose", False):
-            from rsna.training.quiet import load_tensorflow_quietly
+        if args.command in _TF_COMMANDS:
+            from rsna.training.quiet import load_tensorflow_quietly, tensorflow_defaults
 
-            load_tensorflow_quietly()
+            tensorflow_defaults()
+            if not getattr(args, "verbose", False):
+                load_tensorflow_quietly()
         run(args)
     except RsnaError as exc:
         status = _fail(f"rsna: error: {_one_line(str(exc))}", 2)

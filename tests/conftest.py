@@ -6,9 +6,13 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pytest
+from rsna.training.quiet import ONEDNN
+
+os.environ.setdefault(*ONEDNN)  # before any test module imports TensorFlow, as the CLI does
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 from harness import TINY, TINY_CODEC, TINY_SPEC
 from rsna import predictions
