@@ -97,7 +97,6 @@ PREPROCESS = {"dicom_kb": 525.0, "read_mb_per_s": 100.0, "slices_per_s": 1515.0}
 #: rounds, issue 28). A raw store reads at least as fast as a lossless one.
 LOADER = {
     "size": 256,
-    "measured_cores": 2,
     # 4,314 / 1,578 img/s lossless and 3,411 / 985 lossy at context 0 / 1, on 2 cores
     "per_core": {("lossless", 0): 2157.0, ("lossless", 1): 789.0, ("lossy", 0): 1706.0, ("lossy", 1): 493.0},
     "source": "scripts/bench_feed.py, 2 cores",
@@ -399,12 +398,10 @@ def _feeding(plan: Plan) -> list[str]:
         verdict = f"enough, with little margin: train.workers = {roomy} gives {rate(cores=roomy):,.0f}"
     else:
         verdict = f"too few: set train.workers = {needed} (threads; give the run that many cores)"
-    device = plan.rate / plan.hardware.count  # this config on one of this plan's devices
+    # this config's rate on one device of each kind: this plan's device, scaled by B0's rates
+    per_b0 = plan.rate / plan.hardware.count / plan.hardware.gpu.b0_images_per_second
     kinds = ", ".join(
-        f"{gpu.name} " + " / ".join(
-            f"{rate(cores=n) / (device * gpu.b0_images_per_second / plan.hardware.gpu.b0_images_per_second):.0f}"
-            for n in LOADER_CORES
-        )
+        f"{gpu.name} " + " / ".join(f"{rate(cores=n) / (per_b0 * gpu.b0_images_per_second):.0f}" for n in LOADER_CORES)
         for gpu in GPUS.values()
     )  # fmt: skip
     cores = " / ".join(f"{rate(cores=n):,.0f}" for n in LOADER_CORES)

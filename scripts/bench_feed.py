@@ -235,13 +235,14 @@ def _ceiling(root: Path, fmt: str) -> float:
 
     from rsna.data.cache import ImageCache
 
-    store = ImageCache(root / ("lossless" if fmt == "png" or fmt == "jpeg" else fmt))
+    files = {"png": "png", "jpeg": "jpg"}.get(fmt)  # the peers' files' suffix
+    store = ImageCache(root / ("lossless" if files else fmt))
     ids = list(store.index.index[store.index["ok"].to_numpy()])
     out = np.empty(store.spec.shape, np.uint8)
     start = time.perf_counter()
     for image_id in ids:
-        if fmt in ("png", "jpeg"):
-            cv2.imread(str(root / fmt / f"{image_id}.{'jpg' if fmt == 'jpeg' else 'png'}"))
+        if files:
+            cv2.imread(str(root / fmt / f"{image_id}.{files}"))
         else:
             store.read_into(image_id, out)
     return len(ids) / (time.perf_counter() - start)

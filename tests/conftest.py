@@ -6,13 +6,9 @@ import os
 import warnings
 from pathlib import Path
 
-from rsna.training.quiet import ONEDNN
-
-os.environ.setdefault(*ONEDNN)  # before any test module imports TensorFlow, as the CLI does
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pandas as pd
+import pytest
 
 from harness import TINY, TINY_CODEC, TINY_SPEC
 from rsna import predictions
@@ -23,6 +19,9 @@ from rsna.data.synthetic import make_competition
 from rsna.errors import DataWarning
 from rsna.metrics import sigmoid
 from rsna.submission import write_submission
+from rsna.training.quiet import tensorflow_defaults
+
+tensorflow_defaults()  # before any test module imports TensorFlow, as the CLI does
 
 os.environ.setdefault("RSNA_PROGRESS", "0")
 

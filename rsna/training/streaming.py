@@ -78,9 +78,14 @@ def stream_memory(
     """The most bytes of samples :func:`stream_dataset` holds at once: `parallel` blocks
     being decoded plus one being unbatched, the shuffle buffer, the batch being filled and
     `prefetch` batches ready (the compressed reads and TensorFlow itself come on top)."""
-    buffer = shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
+    buffer = _shuffle_buffer(shuffle_buffer, batch_size)
     samples = (parallel + 1) * block + buffer + (prefetch + 1) * batch_size
     return samples * sample_bytes
+
+
+def _shuffle_buffer(shuffle_buffer: int | None, batch_size: int) -> int:
+    """Samples in the shuffle buffer: as given, else 4 batches."""
+    return shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
 
 
 def stream_dataset(
@@ -141,7 +146,7 @@ def stream_dataset(
     store = cache if isinstance(cache, ImageCache) else open_store(cache)
     plan = _plan(store, image_ids, labels, context=context, block=block)
     shape = (store.spec.size, store.spec.size, store.spec.channels * (2 * context + 1))
-    buffer = shuffle_buffer if shuffle_buffer is not None else 4 * batch_size
+    buffer = _shuffle_buffer(shuffle_buffer, batch_size)
 
     def decode(b, e):
         return plan.decode(int(b), int(e), shuffle=shuffle, augment=augment, seed=seed)
@@ -195,14 +200,15 @@ class _Plan:
         self._stacks, self._targets = stacks, targets  # per wanted sample: its slices' rows; labels
         shards = wanted["shard"].to_numpy()
         rows = wanted["row"].to_numpy()
+        present = sorted(set(shards.tolist()))
         ordered = store.index.sort_values(["shard", "row"])
         self._records = {  # shard -> (image IDs, offsets, lengths) by row
             int(k): (part.index.to_numpy(), part["offset"].to_numpy(), part["length"].to_numpy())
             for k, part in ordered.groupby("shard")
-            if k in set(shards.tolist())
+            if k in present
         }
         self.blocks: list[tuple[int, np.ndarray]] = []  # (shard, wanted samples in slice order)
-        for k in sorted(set(shards.tolist())):
+        for k in present:
             mine = np.flatnonzero(shards == k)
             mine = mine[np.argsort(rows[mine], kind="stable")]
             self.blocks += [(int(k), mine[i : i + block]) for i in range(0, len(mine), block)]
