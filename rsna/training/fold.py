@@ -61,11 +61,12 @@ from rsna.training.distributed import (
 )
 from rsna.training.generator import EpochSync
 from rsna.training.losses import WeightedBCE, WeightedLogLoss
-from rsna.training.models import load_model
+from rsna.training.models import load_model, no_decay_variables
 from rsna.training.precision import resolve_precision
 
 __all__ = [
     "MONITOR",
+    "WEIGHT_DECAY",
     "FoldPlan",
     "FoldResult",
     "FoldSplit",
@@ -84,6 +85,9 @@ __all__ = [
 ]
 
 MONITOR = "val_weighted_log_loss"
+#: AdamW's decoupled decay (Loshchilov & Hutter, arXiv:1711.05101), applied each step as
+#: ``w -= lr * WEIGHT_DECAY * w``; Keras's own AdamW default is 0.004. Not tuned here.
+WEIGHT_DECAY = 1e-4
 
 
 class TrainError(RsnaError):
@@ -441,13 +445,16 @@ def compile_fold_model(
     precision: str = "float32",
     jit_compile: str | bool = "auto",
 ) -> keras.Model:
-    """Compile for either stage: AdamW, the weighted BCE loss with `label_weights`, and
-    the competition metric weighted by the sample weights (a series mask, or none).
+    """Compile for either stage: AdamW (its decay off for biases, norms and the context
+    adapter: :func:`~rsna.training.models.no_decay_variables`), the weighted BCE loss with
+    `label_weights`, and the competition metric weighted by the sample weights (a series
+    mask, or none).
 
     Under ``mixed_float16`` the optimizer scales the loss dynamically (Keras wraps it only
     when the Model's own policy is mixed, and ours is float32 around a mixed backbone).
     """
-    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=1e-4)
+    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=WEIGHT_DECAY)
+    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(

@@ -45,6 +45,7 @@ __all__ = [
     "MAX_INFLATION",
     "MAX_MODEL_BYTES",
     "ModelFileError",
+    "ADAPTER",
     "check_slice_model",
     "SubtypeL2",
     "build_model",
@@ -52,12 +53,15 @@ __all__ = [
     "context_adapter",
     "dtype_policy",
     "load_model",
+    "no_decay_variables",
     "small_cnn",
 ]
 
 #: Batch-norm momentum of the small CNN: with few steps per epoch, Keras's 0.99 leaves
 #: the inference statistics far behind the weights, and validation swings wildly.
 BN_MOMENTUM = 0.9
+#: The name of the 1x1 convolution that maps context channels to a pretrained stem's 3.
+ADAPTER = "channel_adapter"
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
@@ -150,8 +154,24 @@ def context_adapter(x: keras.KerasTensor, *, windows: int, context: int) -> kera
     for k in range(3):
         kernel[0, 0, context * windows + k % windows, k] = 1.0
     return keras.layers.Conv2D(
-        3, 1, kernel_initializer=keras.initializers.Constant(kernel), name="channel_adapter"
+        3, 1, kernel_initializer=keras.initializers.Constant(kernel), name=ADAPTER
     )(x)
+
+
+def no_decay_variables(model: keras.Model) -> list[keras.Variable]:
+    """The trainable variables weight decay must not shrink: every vector (biases, batch
+    and layer norm scales and offsets) and the context adapter, which starts as the
+    identity, not at zero.
+
+    Decay on norms and biases only pulls them from their job; the fine-tuning recipes
+    leave them out (BERT's AdamW excludes ``bias`` and ``LayerNorm``; timm's
+    ``param_groups_weight_decay`` every parameter with ``ndim <= 1``).
+    """
+    return [
+        v
+        for v in model.trainable_variables
+        if len(v.shape) <= 1 or v.path.split("/")[0] == ADAPTER
+    ]
 
 
 def _pretrained(backbone: Backbone, weights, *, size: int, channels: int) -> keras.Model:

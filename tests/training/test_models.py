@@ -307,3 +307,29 @@ def test_a_foreign_model_says_what_was_expected(tmp_path):
     three = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs)))
     with pytest.raises(ModelFileError, match="output .* where 6 probabilities are expected.*no `features` and `logits`"):
         check_slice_model(three, config(), path="best.keras")
+
+
+def test_weight_decay_spares_biases_norms_and_the_context_adapter(tmp_path):
+    """With zero gradients Adam's step is zero, so one step leaves exactly the decay:
+    ``w * (1 - lr * WEIGHT_DECAY)`` on the decayed variables, nothing on the others."""
+    from rsna.training.fold import WEIGHT_DECAY
+
+    backbone = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    path = tmp_path / "mobilenet.weights.h5"
+    backbone.save_weights(path)
+    model = build_model(config(backbone="MobileNetV2", weights=str(path)))
+    model = compile_fold_model(model, learning_rate=1.0, label_weights=(1, 1, 1, 1, 1, 2))
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    model.optimizer.apply_gradients(
+        [(keras.ops.zeros_like(v), v) for v in model.trainable_variables]
+    )
+    decayed = set()
+    for v, old in zip(model.trainable_variables, before, strict=True):
+        if not np.array_equal(v.numpy(), old):
+            np.testing.assert_allclose(v.numpy(), old * (1 - WEIGHT_DECAY), rtol=1e-6)
+            decayed.add(v.path)
+    kernels = {v.path for v in model.trainable_variables if len(v.shape) >= 2}
+    assert decayed == kernels - {"channel_adapter/kernel"}
+    assert "channel_adapter/kernel" in kernels and len(decayed) > 50
