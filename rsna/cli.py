@@ -84,6 +84,16 @@ def _folder(name: str) -> Callable[[str], Path]:
     return parse
 
 
+def _smoothing(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated smoothing weights (:func:`rsna.smooth.parse_weights`)."""
+    from rsna.smooth import SmoothError, parse_weights
+
+    try:
+        return parse_weights(text)
+    except SmoothError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _fold_list(text: str) -> str | list[int]:
     """``all``, or comma-separated fold numbers >= 0."""
     if text == "all":
@@ -328,6 +338,31 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {config.run_dir}/oof.csv, evaluate.json and roc_pr.png")
 
 
+def _postprocess(args: argparse.Namespace) -> None:
+    from rsna import runs
+    from rsna.data.metadata import read_prepared_labels
+    from rsna.evaluate import evaluate, read_oof
+    from rsna.metrics import per_label_log_loss
+    from rsna.smooth import smooth_stage
+
+    config = _run_config(args.target)
+    stage = runs.stage_dir(config.run_dir, args.stage)
+    result = smooth_stage(
+        stage, config.data.work_dir, weights=args.smooth, space=args.space, clip=config.predict.clip
+    )
+    smoothed = evaluate(result.folder, config.data.work_dir)
+    oof, _ = read_oof(stage)
+    labels = read_prepared_labels(config.data.work_dir).loc[oof.index]
+    before = per_label_log_loss(labels, oof)["weighted"]
+    after = smoothed.report["weighted_log_loss"]
+    weights = ",".join(f"{w:g}" for w in args.smooth)
+    print(
+        f"stage {args.stage} smoothed along z ({weights}, {args.space}): CV weighted log loss "
+        f"{after:.4f}, unsmoothed {before:.4f} (ratio {after / before:.3f}) over {len(oof)} images"
+    )
+    print(f"wrote {result.folder}/fold_*/oof.csv, oof.csv, evaluate.json, roc_pr.png and submission.csv")
+
+
 def _predict(args: argparse.Namespace) -> None:
     from rsna.training import runner
     from rsna.training.strategy import choose_strategy
@@ -450,7 +485,9 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from rsna import runs
     from rsna.blend import WEIGHTINGS
+    from rsna.smooth import SMOOTHING, SPACES
     from rsna.stack import STACKERS
     from rsna.training.strategy import STRATEGIES
 
@@ -627,6 +664,33 @@ def _parser() -> argparse.ArgumentParser:
         help="a shipped config's name, a config file, or a run folder (a path: its config.toml)",
     )
     p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="postprocess",
+        help="smooth a stage's predictions along z, with its own CV and submission",
+    )
+    p.add_argument(
+        "target",
+        metavar="RUN",
+        help="a shipped config's name, a config file, or a run folder (a path: its config.toml)",
+    )
+    p.add_argument(
+        "--smooth",
+        type=_smoothing,
+        default=SMOOTHING,
+        metavar="W,W,W",
+        help="weights over slices s-k..s+k, an odd count "
+        f"(default {','.join(f'{w:g}' for w in SMOOTHING)}: the 2nd place's)",
+    )
+    p.add_argument(
+        "--space",
+        choices=SPACES,
+        default="probability",
+        help="average the probabilities (default) or the logits",
+    )
+    p.add_argument("--stage", type=int, choices=sorted(runs.STAGES), default=1)
+    p.set_defaults(run=_postprocess)
 
     p = sub.add_parser(
         parents=[common],

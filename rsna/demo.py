@@ -1,12 +1,14 @@
 """``rsna demo``: the whole path on a synthetic competition, with ``configs/demo.toml``.
 
-synth -> prepare -> folds -> preprocess -> stage 1 (train every fold, evaluate, predict)
+synth -> prepare -> folds -> preprocess -> stage 1 (train every fold, evaluate, predict,
+smooth along z)
 -> stage 2 (embed, train the series model of every fold, compare, predict) -> two
 submissions, all under one folder::
 
     OUT/data/    the synthetic competition (kept between runs)
     OUT/work/    metadata, labels, folds, the cache, and runs/demo/ with the models,
-                 OOF predictions, CV report, plots and submission.csv; runs/demo/stage2/
+                 OOF predictions, CV report, plots and submission.csv; runs/demo/smoothed/
+                 stage 1 smoothed along z (rsna postprocess); runs/demo/stage2/
                  with the series models, their OOF predictions and submission.csv
 
 Every stage reuses what a previous run finished. The submission is also scored against
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rsna import runs
 from rsna.config import Config, load_config, with_paths
 from rsna.errors import DataWarning
 
@@ -86,6 +89,7 @@ def run_demo(
     lap("intensity baseline")
 
     from rsna.evaluate import compare_stages, evaluate, format_scores, format_stages
+    from rsna.smooth import smooth_stage
     from rsna.submission import validate_submission
     from rsna.training import runner
 
@@ -99,6 +103,9 @@ def run_demo(
         first = runner.predict(config)
         validate_submission(first.submission, sample)
         lap("predict stage 1")
+        smoothed = smooth_stage(config.run_dir, config.data.work_dir, clip=config.predict.clip)
+        validate_submission(smoothed.folder / runs.SUBMISSION, sample)
+        lap("smooth stage 1")
         runner.train(config, "all", stage=2, verbose=0)
         lap("train stage 2")
         both = compare_stages(
@@ -111,6 +118,7 @@ def run_demo(
     truth = data / TEST_LABELS
     test_scores = {
         "stage 1": _score_against_truth(first.predictions, truth),
+        "stage 1 smoothed": _score_against_truth(smoothed.test, truth),
         "stage 2": _score_against_truth(second.predictions, truth),
     }
     report = evaluation.report
@@ -122,7 +130,7 @@ def run_demo(
     )
     print(
         f"[demo] stage 2: CV weighted log loss {weighted['stage 2']:.4f} "
-        f"({weighted['stage 2 / stage 1']:.2f} x stage 1), {weighted['stage 2 / baseline']:.2f} x the "
+        f"({weighted['stage 2 / stage 1']:.2f} x stage 1, {weighted['stage 2 / smoothed']:.2f} x stage 1 smoothed along z), {weighted['stage 2 / baseline']:.2f} x the "
         f"baseline with neighbours' {weighted['baseline with neighbours']:.4f}; synthetic test score {test_scores['stage 2']:.4f}"
     )
     print(f"[demo] submissions: {first.submission} (stage 1), {second.submission} (stage 2)")

@@ -10,6 +10,7 @@ differences. Nothing here imports TensorFlow, so scoring a run is instant.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import pandas as pd
 
 from rsna import files, runs
 from rsna.data.metadata import read_prepared_labels
-from rsna.errors import RsnaError
+from rsna.errors import DataWarning, RsnaError
 from rsna.metrics import per_label_log_loss, prior_predictions
 from rsna.runfiles import RunFileError, read_wide_predictions
 
@@ -204,9 +205,14 @@ def compare_stages(
         return None
     second = evaluate(second_dir, work_dir, baseline=baseline)
     both = first.scores[["model"]].rename(columns={"model": "stage 1"})
+    smoothed = _smoothed(run_dir, work_dir)
+    if smoothed is not None:
+        both["stage 1 smoothed"] = smoothed.scores["model"]
     both["stage 2"] = second.scores["model"]
     both["prior"] = first.scores["prior"]
     both["stage 2 / stage 1"] = both["stage 2"] / both["stage 1"]
+    if smoothed is not None:
+        both["stage 2 / smoothed"] = both["stage 2"] / both["stage 1 smoothed"]
     if baseline is not None:
         both["baseline with neighbours"] = second.scores["baseline"]
         both["stage 2 / baseline"] = second.scores["to_baseline"]
@@ -217,6 +223,26 @@ def compare_stages(
 
     files.save_figure(plot_stage_comparison(both), Path(run_dir) / runs.STAGES_PNG)
     return both
+
+
+def _smoothed(run_dir, work_dir) -> Evaluation | None:
+    """Stage 1 smoothed along z (``rsna postprocess``), if it was made from stage 1's
+    present predictions; a stale one is left out with a warning."""
+    from rsna.smooth import is_current
+
+    stage = runs.stage_dir(run_dir, 1)
+    folder = stage / runs.SMOOTHED
+    if not runs.fold_dirs(folder, holding=runs.OOF):
+        return None
+    if not is_current(stage):
+        warnings.warn(
+            f"{folder}: made from older stage-1 predictions, left out; rerun "
+            "`rsna postprocess` to compare it",
+            DataWarning,
+            stacklevel=3,
+        )
+        return None
+    return evaluate(folder, work_dir)
 
 
 def format_stages(both: pd.DataFrame) -> str:

@@ -328,9 +328,11 @@ def plot_worst(images, predictions, labels, *, n: int = 8):
 
 
 def plot_stage_comparison(table):
-    """Out-of-fold log loss per label: stage 1, stage 2 and the prior."""
+    """Out-of-fold log loss per label: stage 1, stage 1 smoothed along z (when the table
+    has it), stage 2 and the prior."""
+    names = ("stage 1", "stage 1 smoothed", "stage 2", "prior")
     return plot_label_losses(
         table,
-        columns={"stage 1": "stage 1", "stage 2": "stage 2", "prior": "prior"},
+        columns={name: name for name in names if name in table.columns},
         title="Out-of-fold log loss per label: slice model, series model, prior",
     )

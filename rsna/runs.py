@@ -8,6 +8,7 @@ A run folder (``data.out_dir``, or ``WORK/runs/<config name>``) holds::
     stages.png                stage 1 and stage 2 side by side
     submission.csv, predictions_test.csv, predict_report.json     stage 1's test predictions
     stage2/                   the same layout for stage 2 (the series model)
+    smoothed/, stage2/smoothed/   a stage smoothed along z (rsna postprocess): folds and submission
 
 A stage's fold folder holds ``experiment.json``, ``best.keras``, ``state.json``, ``seeds.json``, ``history.csv``,
 ``backup/`` (while training), ``oof.csv``, ``curves.png`` and ``summary.json``; stage 1's
@@ -39,6 +40,7 @@ __all__ = [
     "PREDICT_REPORT",
     "ROC_PR",
     "SEEDS",
+    "SMOOTHED",
     "STAGES",
     "STAGES_PNG",
     "STATE",
@@ -69,6 +71,7 @@ BLEND_PNG = "blend.png"
 SUBMISSION = "submission.csv"
 PREDICTIONS_TEST = "predictions_test.csv"
 PREDICT_REPORT = "predict_report.json"
+SMOOTHED = "smoothed"  # in a stage folder: its predictions smoothed along z (rsna.smooth)
 #: The stages of a run, and the folder of each below the run folder.
 STAGES: dict[int, str] = {1: "", 2: "stage2"}
 

@@ -34,3 +34,22 @@ def test_json_parquet_csv_round_trips(tmp_path):
     files.write_csv(df.reset_index(), tmp_path / "a.csv")
     assert (tmp_path / "a.csv").read_text().splitlines() == ["image_id,x", "ID_a,1", "ID_b,2"]
     assert files.fingerprint(tmp_path / "a.csv")["size"] == len("image_id,x\nID_a,1\nID_b,2\n")
+
+
+def test_atomic_folder_replaces_the_whole_folder_or_nothing(tmp_path):
+    from rsna.files import atomic_folder
+
+    target = tmp_path / "out"
+    with atomic_folder(target) as tmp:
+        (tmp / "fold_0").mkdir()
+        (tmp / "fold_0" / "a.csv").write_text("first")
+        (tmp / "fold_1").mkdir()
+    assert sorted(p.name for p in target.iterdir()) == ["fold_0", "fold_1"]
+    with pytest.raises(RuntimeError), atomic_folder(target) as tmp:
+        (tmp / "half").write_text("written before the failure")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in target.iterdir()) == ["fold_0", "fold_1"]  # untouched
+    with atomic_folder(target) as tmp:
+        (tmp / "fold_0").mkdir()  # a rerun with fewer folds: fold_1 must go
+    assert [p.name for p in target.iterdir()] == ["fold_0"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing left beside it
