@@ -330,10 +330,11 @@ def stack_found(
     """:func:`rsna.stack.stack_runs` on the runs; the test predictions with the prior for
     images without a readable file, as every stage's submission has them."""
     folds = check_same_folds(found)
-    slices = test.metadata[["series_uid", "slice_index", "z", "readable"]]
+    columns = ["series_uid", "slice_index", "z", "readable", "study_uid", "patient_id"]
+    slices = test.metadata[columns]
     test_slices = slices.reindex(found[0].test.index)
     absent = test_slices["series_uid"].isna()
-    test_slices.loc[absent, ["series_uid", "slice_index"]] = ["", -1]
+    test_slices.loc[absent, ["series_uid", "slice_index", "study_uid", "patient_id"]] = ["", -1, "", ""]
     test_slices = test_slices.astype({"slice_index": "int64"})
 
     def logits(frames: list[pd.DataFrame]) -> dict[str, pd.DataFrame]:

@@ -269,7 +269,11 @@ def _blend(args: argparse.Namespace) -> None:
     from rsna.blend import BlendResult, blend_runs
     from rsna.stack import StackParams, strongest_features
 
-    params = None if args.stack is None else StackParams(neighbours=args.neighbours, seed=args.seed)
+    params = (
+        None
+        if args.stack is None
+        else StackParams(neighbours=args.neighbours, patient=args.patient, seed=args.seed)
+    )
     result, table = blend_runs(
         args.runs,
         args.out,
@@ -649,6 +653,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_integer("neighbours", low=0),
         default=2,
         help="with --stack: slices on each side, by z (default 2)",
+    )
+    p.add_argument(
+        "--no-patient",
+        dest="patient",
+        action="store_false",
+        help="with --stack: leave out the study's and the patient's other studies' summaries",
     )
     p.add_argument("--seed", type=int, default=0, help="with --stack: the trees' seed")
     p.add_argument("--out", type=_folder("out"), required=True, help="folder to write")

@@ -6,7 +6,11 @@ classifier reads, for every image:
 
 * each run's six logits, and the same at the slices ``±1 .. ±neighbours`` by z (the
   series' edge slice repeats, as in :func:`rsna.data.series.neighbours`);
-* each run's series maximum and mean of its six logits;
+* each run's series maximum and mean of its six logits, and the same over the study;
+* each run's view of the patient's other studies (3rd place's patient context): per label
+  the maximum logit, the mean logit and the number of slices above
+  :data:`ABOVE_LOGIT`, missing (NaN, which the trees route on their own) for a patient
+  with one study; and how many other studies the patient has;
 * the slice's :data:`rsna.data.series.GEOMETRY`: its place in the series and its z gaps.
 
 Out of fold only: each fold is predicted by trees trained on the other folds, so the
@@ -31,11 +35,14 @@ from rsna.metrics import PRIOR_EPS, sigmoid
 from rsna.parallel import progress
 
 __all__ = [
+    "ABOVE_LOGIT",
     "STACKERS",
     "StackError",
     "StackParams",
     "StackResult",
     "describe",
+    "max_of_others",
+    "patient_context",
     "stack_features",
     "stack_runs",
     "strongest_features",
@@ -43,6 +50,8 @@ __all__ = [
 
 #: The second-level models ``rsna blend --stack`` offers.
 STACKERS = ("lightgbm",)
+#: A slice "above the threshold" in the patient features: logit > 0, probability > 0.5.
+ABOVE_LOGIT = 0.0
 
 
 class StackError(RsnaError):
@@ -55,6 +64,7 @@ class StackParams:
     hundred features (11th place used trees of this size over neighbour predictions)."""
 
     neighbours: int = 2  # slices on each side, by z
+    patient: bool = True  # the study and the patient's other studies (3rd place's context)
     trees: int = 300
     learning_rate: float = 0.03
     leaves: int = 15
@@ -76,6 +86,8 @@ class StackParams:
                 raise StackError(
                     f"`{name}` must be an integer in [{low}, {high}]. Received: {name}={value!r}"
                 )
+        if not isinstance(self.patient, bool):
+            raise StackError(f"`patient` must be true or false. Received: patient={self.patient!r}")
         for name in ("learning_rate", "subsample", "colsample"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
@@ -92,26 +104,95 @@ class StackResult:
     constant: dict[str, list[int]]  # label -> folds whose training rows had one class only
 
 
+def _group_key(slices: pd.DataFrame, column: str) -> np.ndarray:
+    """Each image's `column` (a series, study or patient ID); an image without one (an
+    empty value, or no such column) is a group of its own."""
+    own = slices.index.to_numpy(object)
+    if column not in slices.columns:
+        return own
+    uid = slices[column].fillna("").to_numpy(object)
+    return np.where(uid == "", own, uid)
+
+
 def _series_key(slices: pd.DataFrame) -> np.ndarray:
     """The series of each image; an image without one is a series of its own."""
-    uid = slices["series_uid"].to_numpy(object)
-    return np.where(uid == "", slices.index.to_numpy(object), uid)
+    return _group_key(slices, "series_uid")
+
+
+def max_of_others(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Per row of `values` (n, labels): the column maxima over the other rows of its
+    `group` (n,) integer codes; NaN for a row alone in its group."""
+    out = np.full(values.shape, np.nan)
+    if len(values) == 0:
+        return out
+    for j in range(values.shape[1]):
+        order = np.lexsort((-values[:, j], group))
+        g = group[order]
+        starts = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+        sizes = np.diff(np.r_[starts, len(g)])
+        of_row = np.repeat(np.arange(len(starts)), sizes)
+        first = np.zeros(len(g), bool)
+        first[starts] = True
+        top1 = values[order[starts], j]
+        top2 = np.where(sizes > 1, values[order[np.minimum(starts + 1, len(g) - 1)], j], np.nan)
+        out[order, j] = np.where(first, top2[of_row], top1[of_row])
+    return out
+
+
+def patient_context(
+    values: np.ndarray, study: np.ndarray, patient: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, over its patient's *other* studies: (n, 3 * labels) the maximum, the
+    mean and the count above :data:`ABOVE_LOGIT` of `values` per label, NaN without
+    another study; and (n,) how many other studies the patient has.
+
+    Args:
+        values: (n, labels) logits.
+        study, patient: (n,) each image's study and patient IDs.
+    """
+    s_code = pd.factorize(pd.Series(study, dtype=object))[0]
+    per = pd.DataFrame(values).groupby(s_code)
+    s_max, s_sum, s_n = per.max().to_numpy(), per.sum().to_numpy(), per.size().to_numpy()
+    s_above = (pd.DataFrame(values > ABOVE_LOGIT).groupby(s_code).sum()).to_numpy()
+    first = pd.Series(np.arange(len(study))).groupby(s_code).first().to_numpy()
+    p_code = pd.factorize(pd.Series(patient, dtype=object)[first].to_numpy())[0]
+    by_patient = pd.DataFrame(np.hstack([s_sum, s_above, s_n[:, None]])).groupby(p_code)
+    totals = by_patient.transform("sum").to_numpy()
+    labels = values.shape[1]
+    other_n = totals[:, -1] - s_n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        other_mean = (totals[:, :labels] - s_sum) / other_n[:, None]
+    other_above = totals[:, labels : 2 * labels] - s_above
+    other_max = max_of_others(s_max, p_code)
+    alone = other_n == 0
+    other_mean[alone], other_above = np.nan, np.where(alone[:, None], np.nan, other_above)
+    studies = np.bincount(p_code)[p_code] - 1
+    per_study = np.hstack([other_max, other_mean, other_above])
+    return per_study[s_code], studies[s_code].astype(np.float64)
 
 
 def stack_features(
-    logits: dict[str, pd.DataFrame], slices: pd.DataFrame, *, neighbours: int
+    logits: dict[str, pd.DataFrame],
+    slices: pd.DataFrame,
+    *,
+    neighbours: int,
+    patient: bool = True,
 ) -> tuple[np.ndarray, list[str]]:
     """The (images, features) float32 matrix and the feature names, rows in `slices` order.
 
     Args:
         logits: run name -> image ID -> LABELS logits, covering `slices`' images.
-        slices: ``series_uid``, ``slice_index`` and ``z`` (metadata) per image ID.
+        slices: ``series_uid``, ``slice_index`` and ``z`` (metadata) per image ID, and
+            ``study_uid`` and ``patient_id`` (without them, each image is its own study
+            and patient).
         neighbours: slices on each side.
+        patient: add the study's and the patient's other studies' summaries.
     """
     ids = slices.index
     table = slice_neighbours(slices, ids, context=neighbours)
     offsets = range(-neighbours, neighbours + 1)
     key = _series_key(slices)
+    study, patients = _group_key(slices, "study_uid"), _group_key(slices, "patient_id")
     columns, names = [], []
     for r, frame in enumerate(logits.values()):
         values = frame.loc[ids, list(LABELS)].to_numpy(np.float32)
@@ -119,11 +200,20 @@ def stack_features(
             rows = ids.get_indexer(table[:, column]) if offset else np.arange(len(ids))
             columns.append(values[rows])
             names += [f"r{r}_{label}_{offset:+d}" for label in LABELS]
-        grouped = pd.DataFrame(values, index=key).groupby(level=0)
-        columns += [grouped.transform("max").to_numpy(), grouped.transform("mean").to_numpy()]
-        names += [f"r{r}_{label}_series_{s}" for s in ("max", "mean") for label in LABELS]
+        for level, by in (("series", key), ("study", study))[: 2 if patient else 1]:
+            grouped = pd.DataFrame(values, index=by).groupby(level=0)
+            columns += [grouped.transform("max").to_numpy(), grouped.transform("mean").to_numpy()]
+            names += [f"r{r}_{label}_{level}_{s}" for s in ("max", "mean") for label in LABELS]
+        if patient:
+            others, studies = patient_context(values, study, patients)
+            columns.append(others)
+            kinds = ("max", "mean", "above")
+            names += [f"r{r}_{label}_patient_others_{s}" for s in kinds for label in LABELS]
     columns.append(_geometry(slices, key))
     names += list(GEOMETRY)
+    if patient:
+        columns.append(studies[:, None])
+        names.append("patient_other_studies")
     return np.hstack(columns).astype(np.float32), names
 
 
@@ -191,8 +281,12 @@ def stack_runs(
     """
     _lightgbm()
     index = folds.index
-    x, names = stack_features(oof_logits, train_slices.loc[index], neighbours=params.neighbours)
-    x_test, _ = stack_features(test_logits, test_slices, neighbours=params.neighbours)
+    x, names = stack_features(
+        oof_logits, train_slices.loc[index], neighbours=params.neighbours, patient=params.patient
+    )
+    x_test, _ = stack_features(
+        test_logits, test_slices, neighbours=params.neighbours, patient=params.patient
+    )
     y = truth.loc[index, list(LABELS)].to_numpy(np.float64)
     base, base_test = _mean_logits(oof_logits, index), _mean_logits(test_logits, test_slices.index)
     fold_of = folds.to_numpy()

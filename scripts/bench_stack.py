@@ -2,7 +2,8 @@
 
     python scripts/bench_stack.py --slices 50000 --runs 2
 
-Random logits in series of 32 slices stand in for runs' predictions; the time is the
+Random logits in series of 32 slices (one a study; one study in 7 a patient's follow-up)
+stand in for runs' predictions; the time is the
 features plus 6 labels x 5 folds of trees, and the projection is linear in slices (the
 trees' histogram cost is; the feature building is).
 """
@@ -35,6 +36,9 @@ def main() -> None:
         index=ids,
     )
     slices["z"] = 5.0 * slices["slice_index"]
+    series = np.arange(n) // 32
+    slices["study_uid"] = [f"T{k}" for k in series]  # one series a study, as in RSNA
+    slices["patient_id"] = [f"P{k - (k % 7 == 6)}" for k in series]  # 1 in 7 a follow-up
     truth = pd.DataFrame((rng.random((n, 6)) < 0.1).astype(float), index=ids, columns=list(LABELS))
     logits = {
         f"run{r}": pd.DataFrame(
@@ -43,14 +47,20 @@ def main() -> None:
         for r in range(args.runs)
     }
     folds = pd.Series(np.arange(n) // 32 % args.folds, index=ids)
-    start = time.perf_counter()
-    stack_runs(logits, logits, truth, folds, slices, slices, params=StackParams())
-    seconds = time.perf_counter() - start
     scale = COMPETITION_SLICES / n
-    print(f"{n} slices, {args.runs} runs, {args.folds} folds: {seconds:.1f} s")
-    print(
-        f"projected for {COMPETITION_SLICES} slices: {seconds * scale / 60:.0f} min on this machine"
-    )
+    took = {}
+    for patient in (True, False):
+        start = time.perf_counter()
+        params = StackParams(patient=patient)
+        stack_runs(logits, logits, truth, folds, slices, slices, params=params)
+        took[patient] = seconds = time.perf_counter() - start
+        what = "with" if patient else "without"
+        print(
+            f"{n} slices, {args.runs} runs, {args.folds} folds, {what} the patient context: "
+            f"{seconds:.1f} s; projected for {COMPETITION_SLICES} slices: "
+            f"{seconds * scale / 60:.0f} min on this machine"
+        )
+    print(f"the patient context costs {took[True] / took[False]:.2f}x the time without it")
 
 
 if __name__ == "__main__":

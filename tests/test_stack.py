@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rsna import predictions
 from rsna.blend import blend_runs, read_run, stack_found
@@ -16,8 +18,16 @@ from rsna.cli import main
 from rsna.data.labels import LABELS
 from rsna.data.series import GEOMETRY
 from rsna.errors import DataWarning
-from rsna.stack import StackError, StackParams, stack_features, stack_runs
+from rsna.stack import (
+    ABOVE_LOGIT,
+    StackError,
+    StackParams,
+    patient_context,
+    stack_features,
+    stack_runs,
+)
 from rsna.submission import validate_submission
+from tests.harness import fuzz_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::rsna.errors.DataWarning")  # tiny folds
 
@@ -54,6 +64,55 @@ def test_features_hold_each_slices_neighbours_series_summary_and_geometry():
     )
     np.testing.assert_allclose(frame.loc["a_0", list(GEOMETRY)], [0, 0, 1])
     assert frame.loc["lonely", list(GEOMETRY)].tolist() == [0, 0, 0]
+
+
+def _context_by_loops(values, study, patient):
+    """The patient features one image at a time, the slow obvious way."""
+    n, labels = values.shape
+    out, studies = np.full((n, 3 * labels), np.nan), np.zeros(n)
+    for i in range(n):
+        others = (patient == patient[i]) & (study != study[i])
+        studies[i] = len(set(study[others]))
+        if others.any():
+            v = values[others]
+            out[i] = np.r_[v.max(axis=0), v.mean(axis=0), (v > ABOVE_LOGIT).sum(axis=0)]
+    return out, studies
+
+
+@fuzz_settings(60)
+@given(
+    layout=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2)), min_size=1, max_size=30),
+    seed=st.integers(0, 2**16),
+)
+def test_patient_context_equals_a_loop_over_each_patients_other_studies(layout, seed):
+    patient = np.array([f"p{p}" for p, _ in layout], dtype=object)
+    study = np.array([f"p{p}s{s}" for p, s in layout], dtype=object)  # studies nest in patients
+    values = np.random.default_rng(seed).normal(0, 2, (len(layout), 3)).round(1)  # with ties
+    got, studies = patient_context(values, study, patient)
+    expected, expected_studies = _context_by_loops(values, study, patient)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(studies, expected_studies)
+
+
+def test_features_hold_the_study_and_the_patients_other_studies():
+    slices = _series({"a": 3, "b": 2, "c": 2})
+    slices["study_uid"] = slices["series_uid"].map({"a": "A", "b": "B", "c": "C", "": ""})
+    slices["patient_id"] = slices["series_uid"].map({"a": "P", "b": "P", "c": "Q", "": ""})
+    values = pd.DataFrame(
+        np.random.default_rng(3).normal(0, 2, (len(slices), len(LABELS))),
+        index=slices.index,
+        columns=list(LABELS),
+    )
+    x, names = stack_features({"run": values}, slices, neighbours=0)
+    frame = pd.DataFrame(x, index=slices.index, columns=names)
+    b = values.loc[["b_0", "b_1"], "any"]
+    assert frame.loc["a_0", "r0_any_patient_others_max"] == pytest.approx(b.max(), rel=1e-6)
+    assert frame.loc["a_2", "r0_any_patient_others_mean"] == pytest.approx(b.mean(), rel=1e-6)
+    assert frame.loc["a_1", "r0_any_patient_others_above"] == (b > 0).sum()
+    assert frame.loc["a_1", "r0_any_study_max"] == pytest.approx(values.loc[["a_0", "a_1", "a_2"], "any"].max(), rel=1e-6)  # fmt: skip
+    assert np.isnan(frame.loc["c_0", "r0_any_patient_others_max"])  # Q has one study
+    assert frame.loc["b_0", "patient_other_studies"] == 1
+    assert frame.loc["lonely", "patient_other_studies"] == 0  # no patient: alone
 
 
 @pytest.fixture()
