@@ -46,6 +46,7 @@ from rsna.data.codecs import DEFAULT_QUALITY, Codec, Compression, codec_for
 from rsna.data.crop import Crop
 from rsna.data.labels import LABELS
 from rsna.data.sources import ImageSpec
+from rsna.data.views import ViewError, expand_views
 from rsna.data.windowing import MAX_SIZE, Curve, Window, parse_windows, window_name
 from rsna.errors import RsnaError
 
@@ -80,7 +81,6 @@ __all__ = [
 
 Schedule = Literal["cosine", "constant"]
 Ensemble = Literal["mean", "logit_mean"]
-View = Literal["none", "hflip"]
 SequenceInput = Literal["logits", "features"]
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 
@@ -171,7 +171,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    tta: tuple[View, ...] = ("none", "hflip")
+    tta: tuple[str, ...] = ("none", "hflip")  # rsna.data.views: names, or random_crop:N
     ensemble: Ensemble = "mean"
     clip: float = 1e-5
     batch_size: int = 64
@@ -488,6 +488,10 @@ def _validate(config: Config, source: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: `{key}` {rule}. Received: {key.split('.')[-1]}={value!r}")
     _validate_weights(config.model, source)
+    try:
+        expand_views(config.predict.tta)
+    except ViewError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _validate_weights(model: ModelConfig, source: str) -> None:

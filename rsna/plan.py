@@ -31,6 +31,7 @@ from pathlib import Path
 from rsna.backbones import BACKBONES, Backbone
 from rsna.config import Config
 from rsna.data.cache import SPEC_FILE, StoreMissing, complete_store, read_store_json
+from rsna.data.views import expand_views
 from rsna.errors import RsnaError
 
 __all__ = [
@@ -309,7 +310,7 @@ def plan_run(
     fit = train - valid
     speed, source = _rate(config, machine, rate)
     forward = 3 * speed
-    views = len(config.predict.tta)
+    views = len(expand_views(config.predict.tta))
     backbone = BACKBONES[config.model.backbone]
     kb, store_how = store_kb(config)
     gb = 1e-9

@@ -61,6 +61,7 @@ from rsna.data.series import (
     stack_channels,
 )
 from rsna.data.sources import DicomFolder, DicomImages, ImageSource, ImageSpec
+from rsna.data.views import View, apply_view, expand_views
 from rsna.data.windowing import DEFAULT_WINDOWS, Curve, Window
 from rsna.errors import DataWarning, RsnaError
 
@@ -102,7 +103,10 @@ class DataGenerator(keras.utils.PyDataset):
         seed: seeds the order and the augmentation.
         to_fit: return ``(x, y)`` (True) or x alone (False).
         dtype: ``"uint8"`` or ``"float32"`` (x / 255).
-        hflip: flip every image left-right (test-time augmentation).
+        hflip: flip every image left-right (test-time augmentation); the same as
+            ``view="hflip"``.
+        view: a test-time view (:mod:`rsna.data.views`: a :class:`~rsna.data.views.View`
+            or its name) applied to every batch; random crops are seeded by `seed`.
         **kwargs: passed to :class:`keras.utils.PyDataset`: ``workers``,
             ``use_multiprocessing``, ``max_queue_size``. The popular Keras kernels'
             spelling is accepted too (:data:`SEED_SPELLING`): ``list_IDs`` for
@@ -130,6 +134,7 @@ class DataGenerator(keras.utils.PyDataset):
         to_fit: bool = True,
         dtype: str = "uint8",
         hflip: bool = False,
+        view: View | str | None = None,
         **kwargs,
     ) -> None:
         image_ids, size, image_dir = _seed_spelling(kwargs, image_ids=image_ids, size=size, image_dir=image_dir)  # fmt: skip
@@ -150,6 +155,7 @@ class DataGenerator(keras.utils.PyDataset):
         )
         self.batch_size, self.context, self.shuffle, self.seed = batch_size, context, shuffle, seed
         self.to_fit, self.dtype, self.hflip = to_fit, dtype, hflip
+        self.view = _the_view(view, hflip=hflip)
         self.augment = Augment() if augment is True else (augment or None)
         self.epoch = 0
         self.skipped: list[str] = []
@@ -350,9 +356,9 @@ class DataGenerator(keras.utils.PyDataset):
         return kept
 
     def _finish(self, x: np.ndarray) -> np.ndarray:
-        """The test-time flip and the output dtype."""
-        if self.hflip:
-            x[...] = x[:, :, ::-1].copy()
+        """The test-time view and the output dtype."""
+        if self.view.name != "none":
+            x[...] = apply_view(x, self.view, seed=self.seed).copy()
         if self.dtype == "float32":
             x = x.astype(np.float32) / np.float32(255.0)
         return x
@@ -563,6 +569,20 @@ def _source(*, cache, work_dir, image_dir, spec: ImageSpec, context: int) -> Ima
     if work_dir is not None:
         return DicomImages(work_dir, spec)
     return DicomFolder(image_dir, spec, scan_headers=context > 0)
+
+
+def _the_view(view: View | str | None, *, hflip: bool) -> View:
+    """The generator's view: `view` (a View, or the name of one view), or hflip's."""
+    if view is None:
+        return View("hflip" if hflip else "none")
+    if isinstance(view, str):
+        views = expand_views([view])
+        if len(views) != 1:
+            raise GeneratorError(f"`view` must be one view. Received: view={view!r}")
+        view = views[0]
+    if hflip and view.name != "hflip":
+        raise GeneratorError(f"`hflip` and `view` disagree. Received: hflip=True, view={view!r}")
+    return view
 
 
 def _checked_ids(image_ids: Sequence[str], images: ImageSource) -> list[str]:

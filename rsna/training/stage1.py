@@ -4,7 +4,8 @@
   the slice model of :func:`~rsna.training.models.build_model`, cosine decay with linear
   warm-up, and the resumable fit.
 * Test-time augmentation averages **probabilities** over the views in ``predict.tta``
-  (``none``, ``hflip``), for the OOF predictions and the test set alike.
+  (:mod:`rsna.data.views`: flips, the transpose, a centre crop, seeded random crops),
+  for the OOF predictions and the test set alike.
 * The test set is predicted by every fold's ``best.keras`` (loaded with
   ``safe_mode=True``) and combined by :func:`rsna.predictions.assemble`.
 """
@@ -23,6 +24,7 @@ import pandas as pd
 from rsna import runs
 from rsna.config import Config
 from rsna.data.labels import LABELS
+from rsna.data.views import expand_views
 from rsna.predictions import (
     PredictError,
     PredictResult,
@@ -159,9 +161,9 @@ def predict_views(
     """
     views, unreadable = [], []
     batch = -(-config.predict.batch_size // replicas) * replicas  # a share for every replica
-    for view in config.predict.tta:
+    for view in expand_views(config.predict.tta):
         gen = DataGenerator.from_config(
-            config, image_ids, batch_size=batch, to_fit=False, hflip=view == "hflip"
+            config, image_ids, batch_size=batch, to_fit=False, view=view
         )
         padded = PaddedBatches(gen, rows=batch)
         views.append(trim(model.predict(padded, verbose=0), len(image_ids)))
@@ -219,7 +221,7 @@ def predict_test(config: Config, *, write: bool = True, strategy=None) -> Predic
     report = {
         "images": len(test.images),
         "folds": [path.parent.name for path in models.values()],
-        "tta": list(config.predict.tta),
+        "tta": [v.label for v in expand_views(config.predict.tta)],
         "ensemble": config.predict.ensemble,
         "unreadable_given_prior": sorted(unreadable),
         "missing_files_given_prior": test.missing,

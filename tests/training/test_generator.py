@@ -20,6 +20,7 @@ from rsna.data.folds import read_folds
 from rsna.data.labels import LABELS
 from rsna.data.metadata import read_metadata, read_prepared_labels
 from rsna.data.series import neighbours
+from rsna.data.views import View, apply_view
 from rsna.errors import DataWarning, RsnaError
 from rsna.training.generator import (
     DataGenerator,
@@ -515,3 +516,22 @@ def test_series_batches_keep_one_shape_through_keras_tf_dataset():
     batch = gen[0]
     assert batch["mask"].sum(axis=1).tolist() == [5.0, 5.0]
     assert not batch["slices"][:, 5:].any()
+
+
+@pytest.mark.parametrize("view", ["hflip", "transpose", "centre_crop", View("random_crop", 3)])
+def test_a_view_is_applied_to_the_batch_the_generator_reads(data, view):
+    plain = make(data, data["test"], to_fit=False)
+    seen = make(data, data["test"], to_fit=False, view=view)
+    want = view if isinstance(view, View) else View(view)
+    for i in range(len(plain)):
+        np.testing.assert_array_equal(
+            seen.load_batch(i, epoch=0), apply_view(plain.load_batch(i, epoch=0), want, seed=0)
+        )
+    np.testing.assert_array_equal(
+        make(data, data["test"], to_fit=False, hflip=True).load_batch(0, epoch=0),
+        make(data, data["test"], to_fit=False, view="hflip").load_batch(0, epoch=0),
+    )
+    with pytest.raises(GeneratorError, match="`view` must be one view"):
+        make(data, data["test"], to_fit=False, view="random_crop:2")
+    with pytest.raises(GeneratorError, match="disagree"):
+        make(data, data["test"], to_fit=False, view="vflip", hflip=True)
