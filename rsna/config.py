@@ -4,13 +4,13 @@ Sections and keys (the shipped ``rsna/configs/demo.toml`` and ``baseline.toml`` 
 examples)::
 
     [data]     work_dir, out_dir, cache, compression, quality
-    [image]    size, windows, context, curve, crop
+    [image]    size, windows, context, curve, crop, channels
     [model]    backbone, weights, dropout, precision (mixed_precision: deprecated)
     [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
                patience, label_weights, augment, seed, deterministic,
                workers, jit_compile, scale_learning_rate
     [augment]  flip, shift, scale, rotate, interpolation, vflip, crop_area, crop_ratio, erase,
-               erase_holes, erase_size, brightness, contrast
+               erase_holes, erase_size, brightness, contrast, zflip
     [predict]  tta, ensemble, clip, batch_size
     [sequence] inputs, units, dropout, conv, bags, epochs, batch_size, learning_rate, patience, tta_reverse, jitter, position,
                any_coupling, subtype_l2
@@ -82,6 +82,7 @@ __all__ = [
 Schedule = Literal["cosine", "constant"]
 Ensemble = Literal["mean", "logit_mean"]
 SequenceInput = Literal["logits", "features"]
+Channels = Literal["windows", "neighbours"]
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 
 
@@ -115,6 +116,10 @@ class ImageConfig:
     context: int = 1
     curve: Curve = "linear"
     crop: Crop = "none"  # "head": cut each slice to the square around the head (rsna.data.crop)
+    #: "windows": every window of every context slice is a channel (an adapter maps them to
+    #: a pretrained stem's 3). "neighbours": slices s-1, s, s+1 in one window are the 3
+    #: channels, as the 1st and 3rd places fed them; needs context = 1 and one window.
+    channels: Channels = "windows"
 
     @property
     def spec(self) -> ImageSpec:
@@ -488,6 +493,14 @@ def _validate(config: Config, source: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: `{key}` {rule}. Received: {key.split('.')[-1]}={value!r}")
     _validate_weights(config.model, source)
+    image = config.image
+    if image.channels == "neighbours" and (image.context != 1 or len(image.windows) != 1):
+        names = ",".join(window_name(w) for w in image.windows)
+        raise ConfigError(
+            f"{source}: `image.channels = \"neighbours\"` makes slices s-1, s, s+1 the 3 "
+            f"channels, so it needs `image.context = 1` and one window. Received: "
+            f"context={image.context}, windows={names!r}; set e.g. image.windows = \"brain\""
+        )
     try:
         expand_views(config.predict.tta)
     except ViewError as exc:

@@ -5,7 +5,8 @@ and when asked a vertical flip and a random resized crop, composed into a single
 matrix and applied with one ``cv2.warpAffine`` to every channel, so adjacent-slice
 context channels move together. Uncovered pixels become 0, which is the level of air in
 every preset window. Then, when asked, each window's levels are jittered (one lookup
-table per window) and coarse rectangles are erased to air.
+table per window), coarse rectangles are erased to air, and the context slices are put
+in reverse z order.
 
 The warp samples bilinearly by default, as the top solutions' augmentation libraries
 do. Bilinear sampling averages neighbours at random sub-pixel offsets, which lowers the
@@ -44,6 +45,7 @@ __all__ = [
     "is_identity",
     "jitter_levels",
     "random_affine",
+    "reverse_slices",
 ]
 
 
@@ -86,6 +88,9 @@ class Augment:
         erase_size: the largest side of a rectangle, as a fraction of the image, in (0, 1].
         brightness: largest shift of each window's levels, as a fraction of 255, in [0, 0.5].
         contrast: largest relative change of each window's contrast about mid-grey, in [0, 0.5].
+        zflip: probability of reversing the order of the context slices (s+1 .. s-1), in
+            [0, 1]: a head scanned the other way up the z axis. The 1st place swapped the
+            neighbours of its 3-slice input.
     """
 
     flip: bool = True
@@ -101,6 +106,7 @@ class Augment:
     erase_size: float = 0.2
     brightness: float = 0.0
     contrast: float = 0.0
+    zflip: float = 0.0
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -109,7 +115,7 @@ class Augment:
                 f"Received: interpolation={self.interpolation!r}"
             )
         ranges = (("shift", 0.5), ("scale", 0.5), ("rotate", 180.0), ("erase", 1.0),
-                  ("brightness", 0.5), ("contrast", 0.5))  # fmt: skip
+                  ("brightness", 0.5), ("contrast", 0.5), ("zflip", 1.0))  # fmt: skip
         for name, high in ranges:
             value = getattr(self, name)
             if not 0.0 <= value <= high:
@@ -199,7 +205,17 @@ def augment(
         out = jitter_levels(out, rng, brightness=config.brightness, contrast=config.contrast, windows=windows)  # fmt: skip
     if config.erase and rng.random() < config.erase:
         out = erase_boxes(out, rng, holes=config.erase_holes, largest=config.erase_size)
+    if config.zflip and rng.random() < config.zflip:
+        out = reverse_slices(out, windows=windows or out.shape[-1])
     return out
+
+
+def reverse_slices(image: np.ndarray, *, windows: int) -> np.ndarray:
+    """The context slices of an (H, W, slices * windows) image in reverse order, each
+    slice's windows kept in theirs."""
+    height, width, channels = image.shape
+    blocks = image.reshape(height, width, channels // windows, windows)
+    return np.ascontiguousarray(blocks[:, :, ::-1]).reshape(image.shape)
 
 
 def jitter_levels(
@@ -252,4 +268,5 @@ def is_identity(config: Augment) -> bool:
         and config.erase == 0
         and config.brightness == 0
         and config.contrast == 0
+        and config.zflip == 0
     )

@@ -7,7 +7,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rsna.data.augment import Augment, AugmentError, apply_affine, augment, random_affine
+from rsna.data.augment import (
+    Augment,
+    AugmentError,
+    apply_affine,
+    augment,
+    is_identity,
+    random_affine,
+    reverse_slices,
+)
 
 
 def test_augment_closed_forms():
@@ -137,3 +145,29 @@ def test_options_that_are_off_draw_nothing_so_old_seeds_give_old_images():
             augment(image, rng_a, base), augment(image, rng_b, explicit_off)
         )
         assert rng_a.random() == rng_b.random()  # the same number of draws
+
+
+def test_reverse_slices_reverses_whole_slices_and_keeps_each_slices_windows():
+    image = np.broadcast_to(np.arange(9, dtype=np.uint8), (4, 4, 9)).copy()
+    out = reverse_slices(image, windows=3)
+    assert out[0, 0].tolist() == [6, 7, 8, 3, 4, 5, 0, 1, 2]
+    np.testing.assert_array_equal(reverse_slices(out, windows=3), image)
+    np.testing.assert_array_equal(reverse_slices(image, windows=9), image)  # one slice
+
+
+def test_zflip_reverses_the_slices_after_the_same_warp():
+    """Turning zflip on changes nothing else the seed drew: its draw comes last."""
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 9), dtype=np.uint8)
+    warp = Augment(erase=0.5, brightness=0.1)
+    for seed in range(6):
+        plain = augment(image, np.random.default_rng(seed), warp, windows=3)
+        on = replace(warp, zflip=1.0)
+        flipped = augment(image, np.random.default_rng(seed), on, windows=3)
+        np.testing.assert_array_equal(flipped, reverse_slices(plain, windows=3))
+    still = Augment(flip=False, shift=0, scale=0, rotate=0, zflip=1.0)
+    assert not is_identity(still)
+    np.testing.assert_array_equal(
+        augment(image, np.random.default_rng(0), still, windows=3), reverse_slices(image, windows=3)
+    )
+    with pytest.raises(AugmentError, match="`zflip` must be in \\[0, 1\\]"):
+        Augment(zflip=1.5)

@@ -535,3 +535,27 @@ def test_a_view_is_applied_to_the_batch_the_generator_reads(data, view):
         make(data, data["test"], to_fit=False, view="random_crop:2")
     with pytest.raises(GeneratorError, match="disagree"):
         make(data, data["test"], to_fit=False, view="vflip", hflip=True)
+
+
+def test_neighbour_channels_are_the_three_slices_in_one_window(data):
+    """``image.channels = "neighbours"``: channel j of slice s is the window of slice
+    s - 1 + j (the edge slice repeating), read from the DICOMs."""
+    from rsna.config import config_from_dict
+
+    config = config_from_dict(
+        {
+            "data": {"work_dir": str(data["work"]), "cache": False},
+            "image": {"size": 32, "windows": "brain", "context": 1, "channels": "neighbours"},
+            "model": {"backbone": "small_cnn"},
+        }
+    )
+    ids = data["test"][:6]
+    three = DataGenerator.from_config(config, ids, batch_size=6, to_fit=False)
+    x = three.load_batch(0, epoch=0)
+    assert x.shape == (6, 32, 32, 3)
+    table = neighbours(data["meta"], ids, context=1)
+    alone = DataGenerator(
+        list(table.ravel()), None, work_dir=data["work"], size=32,
+        windows=config.image.windows, batch_size=len(table.ravel()), to_fit=False,
+    ).load_batch(0, epoch=0)  # fmt: skip
+    np.testing.assert_array_equal(x, alone[..., 0].reshape(6, 3, 32, 32).transpose(0, 2, 3, 1))

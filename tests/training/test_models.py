@@ -333,3 +333,22 @@ def test_weight_decay_spares_biases_norms_and_the_context_adapter(tmp_path):
     kernels = {v.path for v in model.trainable_variables if len(v.shape) >= 2}
     assert decayed == kernels - {"channel_adapter/kernel"}
     assert "channel_adapter/kernel" in kernels and len(decayed) > 50
+
+
+def test_neighbour_channels_feed_a_pretrained_stem_without_an_adapter(tmp_path):
+    backbone = keras.applications.MobileNetV2(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    path = tmp_path / "mobilenet.weights.h5"
+    backbone.save_weights(path)
+    neighbours = {"size": 32, "context": 1, "windows": "brain", "channels": "neighbours"}
+    model = build_model(
+        config_from_dict(
+            {"image": neighbours, "model": {"backbone": "MobileNetV2", "weights": str(path)}}
+        )
+    )
+    assert tuple(model.input.shape) == (None, 32, 32, 3)
+    with pytest.raises(ValueError):
+        model.get_layer("channel_adapter")
+    with pytest.raises(ConfigError, match="needs `image.context = 1` and one window"):
+        config_from_dict({"image": {"context": 2, "windows": "brain", "channels": "neighbours"}})
