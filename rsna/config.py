@@ -8,7 +8,7 @@ examples)::
     [model]    backbone, weights, dropout, precision (mixed_precision: deprecated)
     [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
                patience, label_weights, augment, seed, deterministic,
-               workers, jit_compile, scale_learning_rate
+               workers, jit_compile, scale_learning_rate, sampling, per_study, centre_weight
     [augment]  flip, shift, scale, rotate, interpolation, vflip, crop_area, crop_ratio, erase,
                erase_holes, erase_size, brightness, contrast, zflip
     [predict]  tta, ensemble, clip, batch_size
@@ -83,6 +83,7 @@ Schedule = Literal["cosine", "constant"]
 Ensemble = Literal["mean", "logit_mean"]
 SequenceInput = Literal["logits", "features"]
 Channels = Literal["windows", "neighbours"]
+Sampling = Literal["all", "study"]
 Precision = Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
 
 
@@ -165,6 +166,13 @@ class TrainConfig:
     #: The global batch size `learning_rate` was tuned for; when set (not 0), the rate is
     #: scaled linearly to `batch_size` (Goyal et al. 2017; the warm-up is the schedule's).
     scale_learning_rate: int = 0
+    #: "all": every training slice every epoch. "study": each epoch draws `per_study`
+    #: slices a series, the middle `1 + centre_weight` times as likely as the ends (1st
+    #: place drew 4 a study "weighted towards the middle"; the weight's form is ours);
+    #: validation and OOF still cover every slice.
+    sampling: Sampling = "all"
+    per_study: int = 4
+    centre_weight: float = 1.0
 
     @property
     def effective_learning_rate(self) -> float:
@@ -466,6 +474,8 @@ def _validate(config: Config, source: str) -> None:
         (len(config.train.label_weights) == len(LABELS) and all(w > 0 for w in config.train.label_weights),
          "train.label_weights", config.train.label_weights, f"must be {len(LABELS)} positive numbers in the order {LABELS}"),
         (config.train.workers >= 1, "train.workers", config.train.workers, "must be positive"),
+        (config.train.per_study >= 1, "train.per_study", config.train.per_study, "must be positive"),
+        (0.0 <= config.train.centre_weight < math.inf, "train.centre_weight", config.train.centre_weight, "must be >= 0 and finite"),
         (config.train.scale_learning_rate >= 0, "train.scale_learning_rate", config.train.scale_learning_rate, "must be 0 (off) or a batch size"),
         (0.0 < config.predict.clip < 0.5, "predict.clip", config.predict.clip, "must be in (0, 0.5)"),
         (config.predict.batch_size >= 1, "predict.batch_size", config.predict.batch_size, "must be positive"),

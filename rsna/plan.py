@@ -59,6 +59,9 @@ __all__ = [
 
 #: The stage-2 competition's images (FACTS: 752,803 unique train images, 121,232 test).
 FULL_TRAIN, FULL_TEST = 752_803, 121_232
+#: Slices of a typical series, to count what ``train.sampling = "study"`` draws an epoch:
+#: assumed (the middle of the 28-40 of a typical head-CT series), not counted from the data.
+SERIES_SLICES = 34
 
 #: Bytes a slice (kB) of a store of 3 windows, measured on pydicom-data's real head-CT
 #: slice 693_UNCR.dcm by ``python scripts/bench_store_size.py``: (size, crop, codec tag).
@@ -315,6 +318,8 @@ def plan_run(
     kb, store_how = store_kb(config)
     gb = 1e-9
     epochs = config.train.epochs
+    if config.train.sampling == "study":  # an epoch draws per_study slices a series
+        fit = min(fit, config.train.per_study * fit / SERIES_SLICES)
     weights_gb = backbone.params * 4 * gb
     items = [
         Item("prepare", "metadata, labels, folds, report", BYTES["metadata"] * total * gb),

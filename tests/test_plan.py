@@ -127,3 +127,21 @@ def test_the_feeding_verdict_names_the_workers_to_set():
     assert "context 1" in text and "feeding on 4 / 16 / 64 cores" in text
     kaggle = format_plan(plan_run(config, machine=hardware("t4x2")))
     assert ": enough" in kaggle or "too few" in kaggle
+
+
+def test_study_sampling_and_views_change_the_counted_work():
+    """An epoch of study sampling fits per_study / SERIES_SLICES of the images; each
+    TTA view is one more forward pass, random_crop:N counting N."""
+    from rsna.plan import SERIES_SLICES
+
+    def hours(**sections):
+        config = tiny_experiment("w", "o", name="s", image={"size": 224}, model={"backbone": "EfficientNetB0"}, **sections)  # fmt: skip
+        plan = plan_run(config, machine=hardware("t4"), slices=10_000, n_folds=5, stage2=False)
+        return {item.what.split(" ")[0]: item.hours for item in plan.items}
+
+    every, study = hours(), hours(train={"sampling": "study", "per_study": 4})
+    assert study["train"] == pytest.approx(every["train"] * 4 / SERIES_SLICES)
+    assert study["validate"] == pytest.approx(every["validate"])  # every slice still
+    one = hours(predict={"tta": ["none"]})
+    many = hours(predict={"tta": ["none", "hflip", "random_crop:8"]})
+    assert many["test:"] == pytest.approx(10 * one["test:"])

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness import fuzz_settings, tiny_experiment
 from rsna import runs
 from rsna.cli import main
 from rsna.config import dump_config
@@ -28,7 +29,6 @@ from rsna.smooth import (
     smooth_stage,
 )
 from rsna.submission import validate_submission
-from tests.harness import fuzz_settings, tiny_experiment
 
 
 def _slices() -> pd.DataFrame:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness import fuzz_settings
 from rsna import predictions
 from rsna.blend import blend_runs, read_run, stack_found
 from rsna.cli import main
@@ -27,7 +28,6 @@ from rsna.stack import (
     stack_runs,
 )
 from rsna.submission import validate_submission
-from tests.harness import fuzz_settings
 
 pytestmark = pytest.mark.filterwarnings("ignore::rsna.errors.DataWarning")  # tiny folds
 

@@ -15,6 +15,7 @@ Everything here is NumPy and pandas:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,16 +32,22 @@ __all__ = [
     "Series",
     "SeriesError",
     "build_series",
+    "check_sampling",
     "distort",
     "epoch_order",
     "geometry",
     "neighbours",
     "slice_order",
     "stack_channels",
+    "study_epoch_size",
+    "study_sample",
     "read_embeddings",
     "reversed_series",
     "slice_inputs",
 ]
+
+#: Keeps the study sampler's random stream apart from the epoch's permutation.
+_STUDY_STREAM = 0x5747
 
 #: Series UID -> (image IDs in z order, (T, 3 * D [+ len(GEOMETRY)]) float32 inputs).
 Series = dict[str, tuple[list[str], np.ndarray]]
@@ -153,6 +160,62 @@ def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     if not shuffle:
         return np.arange(n)
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def study_sample(
+    slices: pd.DataFrame,
+    image_ids: Sequence[str],
+    *,
+    per_study: int,
+    centre: float,
+    seed: int,
+    epoch: int,
+) -> np.ndarray:
+    """Positions into `image_ids` of the slices one epoch draws: `per_study` a series
+    (all of a shorter one), without replacement, each slice weighted by
+    ``1 + centre * (1 - |2 p - 1|)`` where p in [0, 1] is its place in the series (the
+    middle ``1 + centre`` times as likely as the ends). Sorted; drawn from
+    ``(seed, epoch)``. An image without a series is always drawn.
+
+    The 1st place drew 4 slices a study each epoch, "weighted towards the middle"; the
+    weight's form here is ours. In RSNA a study holds one axial series, the unit here.
+    Sampling without replacement by weight is the exponential-key method (Efraimidis and
+    Spirakis 2006): each slice draws ``log(u) / w`` and a series keeps its largest keys.
+    """
+    check_sampling(per_study=per_study, centre=centre)
+    ids = list(image_ids)
+    series = slices.loc[ids, "series_uid"].to_numpy(object)
+    index = slices.loc[ids, "slice_index"].to_numpy(np.float64)
+    lone = (series == "") | (index < 0)
+    series = np.where(lone, np.asarray(ids, object), series)
+    code = pd.factorize(pd.Series(series, dtype=object))[0]
+    last = pd.Series(index).groupby(code).transform("max").to_numpy()
+    place = np.where(last > 0, index / np.where(last > 0, last, 1.0), 0.5)
+    weight = 1.0 + centre * (1.0 - np.abs(2.0 * place - 1.0))
+    u = np.random.default_rng([seed, epoch, _STUDY_STREAM]).random(len(ids))
+    key = np.log(np.maximum(u, np.finfo(np.float64).tiny)) / weight
+    order = np.lexsort((-key, code))
+    rank = np.arange(len(ids)) - np.searchsorted(code[order], code[order], side="left")
+    return np.sort(order[rank < per_study])
+
+
+def check_sampling(*, per_study: int, centre: float) -> None:
+    """Raise :class:`SeriesError` unless :func:`study_sample` can take these options."""
+    if isinstance(per_study, bool) or not isinstance(per_study, int) or per_study < 1:
+        raise SeriesError(
+            f"`per_study` must be a positive integer. Received: per_study={per_study!r}"
+        )
+    if not 0.0 <= centre < math.inf:
+        raise SeriesError(f"`centre` must be >= 0 and finite. Received: centre={centre!r}")
+
+
+def study_epoch_size(slices: pd.DataFrame, image_ids: Sequence[str], *, per_study: int) -> int:
+    """How many slices :func:`study_sample` draws an epoch: the same every epoch."""
+    ids = list(image_ids)
+    series = slices.loc[ids, "series_uid"].to_numpy(object)
+    lone = (series == "") | (slices.loc[ids, "slice_index"].to_numpy() < 0)
+    sizes = pd.Series(np.where(lone, np.asarray(ids, object), series)).value_counts()
+    return int(np.minimum(sizes.to_numpy(), per_study).sum())
 
 
 # --------------------------------------------------------------------- stage 2 inputs

@@ -54,11 +54,14 @@ from rsna.data.crop import Crop
 from rsna.data.labels import LABELS
 from rsna.data.series import (
     Series,
+    check_sampling,
     distort,
     epoch_order,
     neighbours,
     reversed_series,
     stack_channels,
+    study_epoch_size,
+    study_sample,
 )
 from rsna.data.sources import DicomFolder, DicomImages, ImageSource, ImageSpec
 from rsna.data.views import View, apply_view, expand_views
@@ -105,6 +108,9 @@ class DataGenerator(keras.utils.PyDataset):
         dtype: ``"uint8"`` or ``"float32"`` (x / 255).
         hflip: flip every image left-right (test-time augmentation); the same as
             ``view="hflip"``.
+        sampling: ``(per_study, centre)``: each epoch draws that many slices a series,
+            weighted towards the middle by `centre` (:func:`rsna.data.series.study_sample`),
+            seeded by ``(seed, epoch)``; None (the default) takes every image every epoch.
         view: a test-time view (:mod:`rsna.data.views`: a :class:`~rsna.data.views.View`
             or its name) applied to every batch; random crops are seeded by `seed`.
         **kwargs: passed to :class:`keras.utils.PyDataset`: ``workers``,
@@ -135,6 +141,7 @@ class DataGenerator(keras.utils.PyDataset):
         dtype: str = "uint8",
         hflip: bool = False,
         view: View | str | None = None,
+        sampling: tuple[int, float] | None = None,
         **kwargs,
     ) -> None:
         image_ids, size, image_dir = _seed_spelling(kwargs, image_ids=image_ids, size=size, image_dir=image_dir)  # fmt: skip
@@ -165,6 +172,13 @@ class DataGenerator(keras.utils.PyDataset):
             ids = self._drop_unreadable(ids)
             self._targets = _targets(ids, labels)
         self.image_ids = ids
+        self.sampling = sampling
+        self._cached_order: tuple[int, np.ndarray] | None = None
+        if sampling is not None:
+            check_sampling(per_study=sampling[0], centre=sampling[1])
+            self._epoch_size = study_epoch_size(self.images.slices, ids, per_study=sampling[0])
+        else:
+            self._epoch_size = len(ids)
         # per image: 0 read, FAILED, ZEROS; shared with forked workers (an anonymous mapping)
         self._outcome = np.frombuffer(mmap.mmap(-1, max(len(ids), 1)), np.uint8)[: len(ids)]
         # per batch: asked for since Keras began the epoch (shared the same way)
@@ -219,7 +233,7 @@ class DataGenerator(keras.utils.PyDataset):
     # ------------------------------------------------------------------ the contract
 
     def __len__(self) -> int:
-        return math.ceil(len(self.image_ids) / self.batch_size)
+        return math.ceil(self._epoch_size / self.batch_size)
 
     @property
     def num_batches(self) -> int:
@@ -284,8 +298,25 @@ class DataGenerator(keras.utils.PyDataset):
         self.epoch = int(epoch)
 
     def order(self, epoch: int) -> np.ndarray:
-        """Positions into ``image_ids`` in the order of `epoch`."""
-        return epoch_order(len(self.image_ids), seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        """Positions into ``image_ids`` in the order of `epoch` (with `sampling`, of the
+        slices that epoch draws)."""
+        cached = self._cached_order
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        rows = np.arange(len(self.image_ids))
+        if self.sampling is not None:
+            per_study, centre = self.sampling
+            rows = study_sample(
+                self.images.slices,
+                self.image_ids,
+                per_study=per_study,
+                centre=centre,
+                seed=self.seed,
+                epoch=epoch,
+            )
+        order = rows[epoch_order(len(rows), seed=self.seed, epoch=epoch, shuffle=self.shuffle)]
+        self._cached_order = (epoch, order)  # one tuple: a thread sees the old or the new
+        return order
 
     def load_batch(self, index: int, *, epoch: int):
         """Batch `index` of `epoch`; pure, so any process or thread gives the same batch.

@@ -134,6 +134,13 @@ def _schedule(config: Config, steps_per_epoch: int):
     )
 
 
+def _sampling(config: Config) -> tuple[int, float] | None:
+    """The training generator's study sampling (``train.sampling = "study"``), or None."""
+    if config.train.sampling == "all":
+        return None
+    return config.train.per_study, config.train.centre_weight
+
+
 def _generator(
     config: Config, ids: list[str], labels: pd.DataFrame, *, train: bool
 ) -> DataGenerator:
@@ -145,6 +152,7 @@ def _generator(
         shuffle=train,
         augment=config.augment if (train and config.train.augment) else None,
         seed=config.train.seed,
+        sampling=_sampling(config) if train else None,
         workers=config.train.workers,
         use_multiprocessing=config.train.workers > 1,
     )

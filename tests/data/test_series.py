@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from harness import fuzz_settings
 from rsna.data.series import (
     GEOMETRY,
     MAX_GAP_RATIO,
@@ -18,6 +19,8 @@ from rsna.data.series import (
     geometry,
     reversed_series,
     stack_channels,
+    study_epoch_size,
+    study_sample,
 )
 
 
@@ -135,3 +138,66 @@ def test_stack_channels_into_a_strided_view_and_bad_shapes():
         stack_channels(slices, out=np.empty((5, 6, 8), np.uint8))
     with pytest.raises(SeriesError, match="do not stack"):
         stack_channels([slices[0], slices[1][:4]], out=np.empty((5, 6, 6), np.uint8))
+
+
+def _study_slices(lengths: dict[str, int]) -> pd.DataFrame:
+    rows = [(f"{uid}_{k}", uid, k) for uid, n in lengths.items() for k in range(n)]
+    rows += [("alone", "", -1)]
+    frame = pd.DataFrame(rows, columns=["image_id", "series_uid", "slice_index"])
+    return frame.set_index("image_id").sample(frac=1.0, random_state=1)  # any row order
+
+
+@fuzz_settings(60)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    per_study=st.integers(1, 6),
+    centre=st.floats(0, 5),
+    epoch=st.integers(0, 1000),
+)
+def test_study_sampling_draws_per_study_slices_of_each_series(lengths, per_study, centre, epoch):
+    slices = _study_slices({f"s{i}": n for i, n in enumerate(lengths)})
+    ids = list(slices.index)
+    rows = study_sample(slices, ids, per_study=per_study, centre=centre, seed=3, epoch=epoch)
+    assert (np.diff(rows) > 0).all()  # sorted, no image twice
+    drawn = slices.iloc[rows]
+    counts = drawn[drawn["series_uid"] != ""].groupby("series_uid").size()
+    for i, n in enumerate(lengths):
+        assert counts.get(f"s{i}", 0) == min(n, per_study)
+    assert "alone" in drawn.index  # an image without a series is always drawn
+    assert len(rows) == study_epoch_size(slices, ids, per_study=per_study)
+    again = study_sample(slices, ids, per_study=per_study, centre=centre, seed=3, epoch=epoch)
+    np.testing.assert_array_equal(rows, again)
+
+
+def test_study_sampling_weighs_the_middle_by_the_closed_form():
+    """One slice a series: P(slice) = w / sum(w) with w = 1 + c (1 - |2p - 1|)."""
+    slices = _study_slices({"s": 5})
+    ids = list(slices.index)
+    counts = pd.Series(0, index=ids)
+    for epoch in range(6000):
+        rows = study_sample(slices, ids, per_study=1, centre=2.0, seed=0, epoch=epoch)
+        counts.iloc[rows] += 1
+    w = 1 + 2.0 * (1 - np.abs(2 * np.arange(5) / 4 - 1))  # 1, 2, 3, 2, 1
+    expected = 6000 * w / w.sum()
+    got = counts[[f"s_{k}" for k in range(5)]].to_numpy()
+    assert (np.abs(got - expected) < 4 * np.sqrt(expected)).all(), got  # 4 binomial sd
+    assert counts["alone"] == 6000
+    first = study_sample(slices, ids, per_study=2, centre=0.0, seed=0, epoch=0)
+    assert any(
+        not np.array_equal(first, study_sample(slices, ids, per_study=2, centre=0.0, seed=0, epoch=e))
+        for e in range(1, 5)
+    )  # a new draw each epoch
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"per_study": 0, "centre": 1.0}, "`per_study` must be a positive integer"),
+        ({"per_study": 2, "centre": -1.0}, "`centre` must be >= 0"),
+        ({"per_study": 2, "centre": float("inf")}, "`centre` must be >= 0 and finite"),
+    ],
+)
+def test_bad_study_sampling_is_refused(options, message):
+    slices = _study_slices({"s": 3})
+    with pytest.raises(SeriesError, match=message):
+        study_sample(slices, list(slices.index), seed=0, epoch=0, **options)

@@ -559,3 +559,22 @@ def test_neighbour_channels_are_the_three_slices_in_one_window(data):
         windows=config.image.windows, batch_size=len(table.ravel()), to_fit=False,
     ).load_batch(0, epoch=0)  # fmt: skip
     np.testing.assert_array_equal(x, alone[..., 0].reshape(6, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def test_study_sampling_makes_shorter_epochs_of_the_drawn_slices(data):
+    from rsna.data.series import study_epoch_size, study_sample
+
+    gen = make(data, shuffle=True, sampling=(2, 1.0))
+    slices = gen.images.slices
+    size = study_epoch_size(slices, gen.image_ids, per_study=2)
+    assert len(gen) == math.ceil(size / 7) and size < len(gen.image_ids)
+    for epoch in (0, 1):
+        seen = np.concatenate([y for _, y in all_batches(gen, epoch=epoch)])
+        rows = study_sample(slices, gen.image_ids, per_study=2, centre=1.0, seed=0, epoch=epoch)
+        assert sorted(gen.order(epoch)) == list(rows)
+        np.testing.assert_array_equal(np.sort(seen, axis=0), np.sort(gen._targets[rows], axis=0))
+    assert sorted(gen.order(0)) != sorted(gen.order(1))  # another draw each epoch
+    every = make(data, shuffle=True)
+    assert len(every) == math.ceil(len(every.image_ids) / 7)
+    with pytest.raises(RsnaError, match="`per_study` must be a positive integer"):
+        make(data, sampling=(0, 1.0))

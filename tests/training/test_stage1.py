@@ -286,3 +286,33 @@ def test_prediction_on_two_replicas_equals_one_device_for_a_ragged_last_batch(tr
     assert result["replicas"] == 2 and result["same_index"]
     assert result["images"] % 9 != 0 and result["images"] % 10 != 0
     assert result["diff"] <= 1e-5
+
+
+def test_study_sampling_trains_on_fewer_batches_and_still_predicts_every_slice(tiny_work, tmp_path):
+    """train.sampling = "study": each training epoch has the batches of per_study slices a
+    series; the fold's OOF still holds every one of its images."""
+    import keras
+
+    class Steps(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps.append(batch)
+
+    from rsna.data.metadata import read_metadata
+    from rsna.data.series import study_epoch_size
+
+    config = tiny_config(tiny_work, tmp_path, epochs=1, sampling="study", per_study=2)
+    counter = Steps()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        result = train_fold(config, 0, callbacks=[counter], verbose=0)
+    folds = read_folds(tiny_work / "folds.csv")
+    meta = read_metadata(tiny_work)
+    train_ids = [i for i in folds.index[folds != 0] if meta.at[i, "readable"]]
+    drawn = study_epoch_size(meta, train_ids, per_study=2)
+    assert len(counter.steps) == -(-drawn // config.train.batch_size) < len(train_ids) / 16
+    oof = pd.read_csv(config.fold_dir(0) / "oof.csv", index_col="image_id")
+    assert sorted(oof.index) == sorted(folds.index[folds == 0]) and result.fold == 0
