@@ -8,7 +8,8 @@ examples)::
     [model]    backbone, weights, dropout, precision (mixed_precision: deprecated)
     [train]    batch_size, epochs, learning_rate, schedule, warmup_epochs, min_learning_rate,
                patience, label_weights, augment, seed, deterministic,
-               workers, jit_compile, scale_learning_rate, sampling, per_study, centre_weight
+               workers, jit_compile, scale_learning_rate, snapshots, sampling,
+               per_study, centre_weight
     [augment]  flip, shift, scale, rotate, interpolation, vflip, crop_area, crop_ratio, erase,
                erase_holes, erase_size, brightness, contrast, zflip
     [predict]  tta, ensemble, clip, batch_size
@@ -170,6 +171,9 @@ class TrainConfig:
     #: slices a series, the middle `1 + centre_weight` times as likely as the ends (1st
     #: place drew 4 a study "weighted towards the middle"; the weight's form is ours);
     #: validation and OOF still cover every slice.
+    #: Keep the weights of the last N epochs and predict (OOF, test, embeddings) with the
+    #: mean of their outputs instead of best.keras alone (2nd place's "Bag 5X"); 0: off.
+    snapshots: int = 0
     sampling: Sampling = "all"
     per_study: int = 4
     centre_weight: float = 1.0
@@ -474,6 +478,7 @@ def _validate(config: Config, source: str) -> None:
         (len(config.train.label_weights) == len(LABELS) and all(w > 0 for w in config.train.label_weights),
          "train.label_weights", config.train.label_weights, f"must be {len(LABELS)} positive numbers in the order {LABELS}"),
         (config.train.workers >= 1, "train.workers", config.train.workers, "must be positive"),
+        (0 <= config.train.snapshots <= config.train.epochs, "train.snapshots", config.train.snapshots, "must be in [0, epochs]"),
         (config.train.per_study >= 1, "train.per_study", config.train.per_study, "must be positive"),
         (0.0 <= config.train.centre_weight < math.inf, "train.centre_weight", config.train.centre_weight, "must be >= 0 and finite"),
         (config.train.scale_learning_rate >= 0, "train.scale_learning_rate", config.train.scale_learning_rate, "must be 0 (off) or a batch size"),

@@ -314,6 +314,7 @@ def plan_run(
     speed, source = _rate(config, machine, rate)
     forward = 3 * speed
     views = len(expand_views(config.predict.tta))
+    bag = max(1, config.train.snapshots)  # every prediction runs once per snapshot
     backbone = BACKBONES[config.model.backbone]
     kb, store_how = store_kb(config)
     gb = 1e-9
@@ -327,10 +328,11 @@ def plan_run(
         Item("preprocess", f"read {total * PREPROCESS['dicom_kb'] / 1e6:,.0f} GB of DICOMs at {PREPROCESS['read_mb_per_s']:.0f} MB/s (assumed), encode at {PREPROCESS['slices_per_s']:,.0f}/s", 0, total * max(PREPROCESS["dicom_kb"] / 1000 / PREPROCESS["read_mb_per_s"], 1 / PREPROCESS["slices_per_s"]) / 3600, cpu=True),
         Item("stage 1", f"train {trained} folds x {epochs} epochs x {fit:,.0f} images", 0, trained * epochs * fit / speed / 3600),
         Item("stage 1", f"validate each epoch ({valid:,.0f} images)", 0, trained * epochs * valid / forward / 3600),
-        Item("stage 1", f"OOF with {views} TTA views", trained * valid * BYTES["oof_row"] * 2 * gb, trained * valid * views / forward / 3600),
+        Item("stage 1", f"OOF with {views} TTA views x {bag} weights", trained * valid * BYTES["oof_row"] * 2 * gb, trained * valid * views * bag / forward / 3600),
         Item("stage 1", f"best.keras per fold ({backbone.params / 1e6:.1f}M parameters, float32)", trained * weights_gb),
+        *([Item("stage 1", f"snapshots/: the last {config.train.snapshots} epochs' weights per fold", trained * config.train.snapshots * weights_gb)] if config.train.snapshots else []),
         Item("stage 1", "backup/: 2 checkpoints of weights and AdamW's 2 moments", 2 * 3 * weights_gb, transient=True),
-        Item("stage 1", f"test: {test:,} images x {views} views x {trained} folds", (test * 6 * BYTES["submission_row"] + test * BYTES["oof_row"]) * gb, trained * test * views / forward / 3600),
+        Item("stage 1", f"test: {test:,} images x {views} views x {bag} weights x {trained} folds", (test * 6 * BYTES["submission_row"] + test * BYTES["oof_row"]) * gb, trained * test * views * bag / forward / 3600),
     ]  # fmt: skip
     if stage2:
         width = 12 + (2 * backbone.features if "features" in config.sequence.inputs else 0)
@@ -338,7 +340,7 @@ def plan_run(
         what = "logits" if width == 12 else f"logits and {backbone.features} features"
         seq_epochs = config.sequence.epochs * config.sequence.bags
         items += [
-            Item("stage 2", f"embed ({what}, float16): OOF and test x {views} views", trained * (valid + test) * per_image * gb, trained * (valid + test) * views / forward / 3600),
+            Item("stage 2", f"embed ({what}, float16): OOF and test x {views} views x {bag} weights", trained * (valid + test) * per_image * gb, trained * (valid + test) * views * bag / forward / 3600),
             Item("stage 2", f"series model: {trained} folds x {seq_epochs} epochs (2-core CPU rate)", trained * valid * BYTES["oof_row"] * 2 * gb, trained * (fit + valid / 3) * seq_epochs * STAGE2_SECONDS / 3600, cpu=True),
             Item("stage 2", "test: submission and predictions", (test * 6 * BYTES["submission_row"] + test * BYTES["oof_row"]) * gb),
         ]  # fmt: skip

@@ -11,7 +11,7 @@ A run folder (``data.out_dir``, or ``WORK/runs/<config name>``) holds::
     smoothed/, stage2/smoothed/   a stage smoothed along z (rsna postprocess): folds and submission
 
 A stage's fold folder holds ``experiment.json``, ``best.keras``, ``state.json``, ``seeds.json``, ``history.csv``,
-``backup/`` (while training), ``oof.csv``, ``curves.png`` and ``summary.json``; stage 1's
+``backup/`` (while training), ``snapshots/`` (with ``train.snapshots``), ``oof.csv``, ``curves.png`` and ``summary.json``; stage 1's
 also the embeddings ``embed_oof.npz`` and ``embed_test.npz`` that stage 2 reads.
 """
 
@@ -41,6 +41,7 @@ __all__ = [
     "ROC_PR",
     "SEEDS",
     "SMOOTHED",
+    "SNAPSHOTS",
     "STAGES",
     "STAGES_PNG",
     "STATE",
@@ -58,6 +59,7 @@ STATE = "state.json"
 SEEDS = "seeds.json"
 HISTORY = "history.csv"
 BACKUP = "backup"
+SNAPSHOTS = "snapshots"  # in a fold folder: epoch_<e>.weights.h5 of the last train.snapshots epochs
 BACKUP_METADATA = "training_metadata.json"  # in BACKUP, by keras.callbacks.BackupAndRestore
 OOF = "oof.csv"
 CURVES = "curves.png"

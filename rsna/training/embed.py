@@ -25,7 +25,7 @@ from rsna.predictions import PredictError, test_images
 from rsna.preflight import check_store
 from rsna.training.fold import config_folds, fold_numbers
 from rsna.training.models import check_slice_model, load_model
-from rsna.training.stage1 import predict_views
+from rsna.training.stage1 import fold_snapshots, predict_views
 from rsna.training.strategy import choose_strategy
 
 __all__ = ["EmbedError", "embed_fold", "embed_folds", "embed_images"]
@@ -57,6 +57,7 @@ def embed_fold(
             check_slice_model(model, config, path=fold_dir / runs.BEST_MODEL)
             outputs = [model.get_layer("features").output, model.get_layer("logits").output]
             embedder = keras.Model(model.input, outputs)
+        snapshots = fold_snapshots(config, fold)
         for name, ids in todo.items():
             embed_images(
                 embedder,
@@ -65,6 +66,8 @@ def embed_fold(
                 fold_dir / name,
                 replicas=active.num_replicas_in_sync,
                 features=keep,
+                snapshots=snapshots,
+                weights_of=model,
             )
         keras.backend.clear_session()
     return {name: fold_dir / name for name in jobs}
@@ -91,11 +94,16 @@ def embed_images(
     *,
     replicas: int = 1,
     features: bool = True,
+    snapshots: Sequence[Path] = (),
+    weights_of: keras.Model | None = None,
 ) -> None:
     """Write the logits of `ids` (and with `features`, the pooled features), averaged over
-    the TTA views of ``predict.tta``, to an embeddings file (npz, no pickle) at `path`;
-    without `features` its ``features`` array has no columns."""
-    views, unreadable = predict_views(embedder, ids, config, replicas=replicas)
+    the TTA views of ``predict.tta`` and the `snapshots` (weights loaded into
+    `weights_of`, the model `embedder` is cut from), to an embeddings file (npz, no
+    pickle) at `path`; without `features` its ``features`` array has no columns."""
+    views, unreadable = predict_views(
+        embedder, ids, config, replicas=replicas, snapshots=snapshots, weights_of=weights_of
+    )
     pooled = np.mean([f for f, _ in views], axis=0)
     if not features:
         pooled = pooled[:, :0]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -72,6 +73,7 @@ __all__ = [
     "FoldSplit",
     "FoldState",
     "SeedState",
+    "Snapshots",
     "TrainError",
     "compile_fold_model",
     "config_folds",
@@ -82,6 +84,7 @@ __all__ = [
     "resume_epoch",
     "run_fold",
     "seed_run",
+    "snapshot_files",
 ]
 
 MONITOR = "val_weighted_log_loss"
@@ -168,6 +171,7 @@ class FoldPlan:
             (:func:`rsna.training.distributed.replica_batches`), else None.
         epoch_source: the generator whose epoch :class:`EpochSync` sets, when
             `train_data` is not that generator itself.
+        snapshots: keep the weights of this many last epochs (:class:`Snapshots`); 0: none.
     """
 
     model: keras.Model
@@ -180,6 +184,7 @@ class FoldPlan:
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
     epoch_source: object = None
+    snapshots: int = 0
 
 
 def run_fold(
@@ -373,6 +378,35 @@ class FoldState(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def snapshot_files(fold_dir: str | os.PathLike[str]) -> list[Path]:
+    """The fold's epoch snapshots (``snapshots/epoch_<e>.weights.h5``), oldest first."""
+    folder = Path(fold_dir) / runs.SNAPSHOTS
+    return sorted(folder.glob("epoch_*.weights.h5")) if folder.is_dir() else []
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Keep the weights of the last `keep` epochs, for prediction to average over (the
+    2nd place's "Bag 5X" of epochs).
+
+    Each epoch's weights are written atomically before the backup is (the callback runs
+    before ``BackupAndRestore``), so a resumed fit never lacks an epoch it has passed;
+    an epoch redone after a kill rewrites its own file. Older files are then removed.
+    """
+
+    def __init__(self, fold_dir: Path, *, keep: int) -> None:
+        super().__init__()
+        self.folder, self.keep = Path(fold_dir) / runs.SNAPSHOTS, keep
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"epoch_{epoch:03d}.weights.h5"
+        tmp = self.folder / f".tmp{os.getpid()}_{epoch:03d}.weights.h5"  # Keras needs the suffix
+        self.model.save_weights(tmp)
+        os.replace(tmp, final)
+        for old in snapshot_files(self.folder.parent)[: -self.keep]:
+            old.unlink()
+
+
 class SeedState(keras.callbacks.Callback):
     """Keep the state of every random layer's seed generator (dropout) across a resume.
 
@@ -503,6 +537,7 @@ def fit_fold(
             verbose=verbose,
             callbacks=[
                 state,
+                *([Snapshots(fold_dir, keep=plan.snapshots)] if plan.snapshots else []),
                 keras.callbacks.BackupAndRestore(
                     str(fold_dir / runs.BACKUP), double_checkpoint=True
                 ),

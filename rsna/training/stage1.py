@@ -41,13 +41,21 @@ from rsna.training.fold import (
     compile_fold_model,
     cosine_decay,
     run_fold,
+    snapshot_files,
 )
 from rsna.training.generator import DataGenerator, PaddedBatches, trim
 from rsna.training.models import build_model, check_slice_model, load_model
 from rsna.training.precision import resolve_precision
 from rsna.training.strategy import choose_strategy
 
-__all__ = ["fold_models", "predict_images", "predict_test", "predict_views", "train_fold"]
+__all__ = [
+    "fold_models",
+    "fold_snapshots",
+    "predict_images",
+    "predict_test",
+    "predict_views",
+    "train_fold",
+]
 
 
 def train_fold(
@@ -83,7 +91,8 @@ def train_fold(
             )
 
         def predict_oof(best: keras.Model) -> tuple[pd.DataFrame, dict]:
-            probs, unreadable = predict_images(best, split.valid_ids, config)
+            snapshots = fold_snapshots(config, split.fold)
+            probs, unreadable = predict_images(best, split.valid_ids, config, snapshots=snapshots)
             index = pd.Index(split.valid_ids, name="image_id")
             oof = pd.DataFrame(probs, index=index, columns=list(LABELS))
             extra = {"train_images": len(train_gen.image_ids), "unreadable_given_prior": unreadable}
@@ -106,6 +115,7 @@ def train_fold(
             patience=config.train.patience,
             predict_oof=predict_oof,
             title=f"{config.name}, fold {split.fold}",
+            snapshots=config.train.snapshots,
         )
         return dataclasses.replace(planned, **feed)
 
@@ -159,32 +169,68 @@ def _generator(
 
 
 def predict_views(
-    model: keras.Model, image_ids: list[str], config: Config, *, replicas: int = 1
+    model: keras.Model,
+    image_ids: list[str],
+    config: Config,
+    *,
+    replicas: int = 1,
+    snapshots: Sequence[Path] = (),
+    weights_of: keras.Model | None = None,
 ) -> tuple[list, list[str]]:
-    """The model's output for each TTA view of ``predict.tta``, and the unreadable IDs.
+    """The model's output for each TTA view of ``predict.tta`` (and with `snapshots`, for
+    each snapshot's weights, loaded into `weights_of`, default `model`, in turn), and
+    the unreadable IDs.
 
     The batch size is ``predict.batch_size`` rounded up to a multiple of `replicas` (of
     the strategy the model was loaded under); the short last batch is padded, and the
     padding's outputs are dropped: each image is predicted exactly once.
     """
-    views, unreadable = [], []
+    outputs, unreadable = [], []
     batch = -(-config.predict.batch_size // replicas) * replicas  # a share for every replica
-    for view in expand_views(config.predict.tta):
-        gen = DataGenerator.from_config(
-            config, image_ids, batch_size=batch, to_fit=False, view=view
-        )
-        padded = PaddedBatches(gen, rows=batch)
-        views.append(trim(model.predict(padded, verbose=0), len(image_ids)))
-        unreadable = sorted(set(gen.unreadable))
-    return views, unreadable
+    for snapshot in snapshots or [None]:
+        if snapshot is not None:
+            (weights_of or model).load_weights(snapshot)
+        for view in expand_views(config.predict.tta):
+            gen = DataGenerator.from_config(
+                config, image_ids, batch_size=batch, to_fit=False, view=view
+            )
+            padded = PaddedBatches(gen, rows=batch)
+            outputs.append(trim(model.predict(padded, verbose=0), len(image_ids)))
+            unreadable = sorted(set(gen.unreadable))
+    return outputs, unreadable
 
 
 def predict_images(
-    model: keras.Model, image_ids: list[str], config: Config, *, replicas: int = 1
+    model: keras.Model,
+    image_ids: list[str],
+    config: Config,
+    *,
+    replicas: int = 1,
+    snapshots: Sequence[Path] = (),
 ) -> tuple[np.ndarray, list[str]]:
-    """Probabilities (n, 6) averaged over the TTA views, and the unreadable IDs."""
-    views, unreadable = predict_views(model, image_ids, config, replicas=replicas)
+    """Probabilities (n, 6) averaged over the TTA views (and `snapshots`), and the
+    unreadable IDs."""
+    views, unreadable = predict_views(
+        model, image_ids, config, replicas=replicas, snapshots=snapshots
+    )
     return np.mean(views, axis=0, dtype=np.float64), unreadable
+
+
+def fold_snapshots(config: Config, fold: int) -> list[Path]:
+    """The snapshots a fold predicts with: none unless ``train.snapshots``.
+
+    Raises:
+        PredictError: the config asks for snapshots and the fold has none.
+    """
+    if not config.train.snapshots:
+        return []
+    found = snapshot_files(config.fold_dir(fold))
+    if not found:
+        raise PredictError(
+            f"{config.fold_dir(fold)}: `train.snapshots = {config.train.snapshots}` but no "
+            f"{runs.SNAPSHOTS}/epoch_*.weights.h5; retrain the fold (--retrain)"
+        )
+    return found[-config.train.snapshots :]
 
 
 def fold_models(config: Config, *, stage: int = 1) -> dict[int, Path]:
@@ -218,11 +264,13 @@ def predict_test(config: Config, *, write: bool = True, strategy=None) -> Predic
     models = fold_models(config)
     active = strategy or choose_strategy()
     replicas = active.num_replicas_in_sync
-    for path in models.values():
+    for k, path in models.items():
         with active.scope():
             model = load_model(path)
         check_slice_model(model, config, path=path)
-        probs, unreadable = predict_images(model, test.present, config, replicas=replicas)
+        probs, unreadable = predict_images(
+            model, test.present, config, replicas=replicas, snapshots=fold_snapshots(config, k)
+        )
         per_fold.append(probs)
         keras.backend.clear_session()
     predictions = assemble(test, per_fold, how=config.predict.ensemble, unreadable=unreadable)
@@ -230,6 +278,7 @@ def predict_test(config: Config, *, write: bool = True, strategy=None) -> Predic
         "images": len(test.images),
         "folds": [path.parent.name for path in models.values()],
         "tta": [v.label for v in expand_views(config.predict.tta)],
+        "snapshots": config.train.snapshots,
         "ensemble": config.predict.ensemble,
         "unreadable_given_prior": sorted(unreadable),
         "missing_files_given_prior": test.missing,

@@ -2,7 +2,8 @@
 
 Each run is a fresh process, as a user's would be: one runs three epochs through; the
 other is killed in the middle of epoch 1 (after its epoch-0 backup), then rerun. The
-weights of best.keras, history.csv, state.json and oof.csv must be equal to the bit.
+weights of best.keras and of the epoch snapshots, history.csv, state.json and oof.csv
+must be equal to the bit.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ SCRIPT = textwrap.dedent(
 
     config = tiny_experiment(
         Path({work!r}), Path({out!r}), name="resume", image={{"context": 0}},
-        model={{"dropout": 0.5}}, train={{"epochs": 3, "patience": 10}},
+        model={{"dropout": 0.5}}, train={{"epochs": 3, "patience": 10, "snapshots": 2}},
         predict={{"tta": ["none"]}},
     )
 
@@ -71,6 +72,18 @@ def test_a_fold_killed_mid_epoch_resumes_to_the_uninterrupted_result(tiny_work, 
     a, b = tmp_path / "straight" / "fold_0", fold
     for name in (runs.HISTORY, runs.STATE, runs.SEEDS, runs.OOF):
         assert (a / name).read_text() == (b / name).read_text(), name
+    # the snapshots of the last two epochs: the same files, the same weights
+    from rsna.training.fold import snapshot_files
+
+    names = [p.name for p in snapshot_files(a)]
+    assert names == [p.name for p in snapshot_files(b)] == ["epoch_001.weights.h5", "epoch_002.weights.h5"]  # fmt: skip
+    for x, y in zip(snapshot_files(a), snapshot_files(b), strict=True):
+        model = load_model(a / runs.BEST_MODEL)
+        model.load_weights(x)
+        first = model.get_weights()
+        model.load_weights(y)
+        for u, v in zip(first, model.get_weights(), strict=True):
+            np.testing.assert_array_equal(u, v)
     weights_a = load_model(a / runs.BEST_MODEL).get_weights()
     weights_b = load_model(b / runs.BEST_MODEL).get_weights()
     assert len(weights_a) == len(weights_b) > 0

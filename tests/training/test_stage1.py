@@ -316,3 +316,36 @@ def test_study_sampling_trains_on_fewer_batches_and_still_predicts_every_slice(t
     assert len(counter.steps) == -(-drawn // config.train.batch_size) < len(train_ids) / 16
     oof = pd.read_csv(config.fold_dir(0) / "oof.csv", index_col="image_id")
     assert sorted(oof.index) == sorted(folds.index[folds == 0]) and result.fold == 0
+
+
+def test_snapshots_predict_the_mean_of_the_last_epochs_models(tiny_work, tmp_path):
+    """train.snapshots = 2: the OOF is the mean of the outputs of the last two epochs'
+    weights (not best.keras's), and the test is predicted the same way."""
+    from rsna.training.fold import snapshot_files
+    from rsna.training.generator import DataGenerator
+    from rsna.training.models import load_model
+
+    config = tiny_config(tiny_work, tmp_path, epochs=3, snapshots=2)
+    config = replace(config, predict=replace(config.predict, tta=("none",)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        train_fold(config, 0, verbose=0)
+    files = snapshot_files(config.fold_dir(0))
+    assert [p.name for p in files] == ["epoch_001.weights.h5", "epoch_002.weights.h5"]
+    oof = pd.read_csv(config.fold_dir(0) / "oof.csv", index_col="image_id")
+    model = load_model(config.fold_dir(0) / "best.keras")
+    summary = json.loads((config.fold_dir(0) / "summary.json").read_text())
+    unreadable = set(summary.get("unreadable_given_prior", []))
+    readable = [i for i in oof.index if i not in unreadable]
+    outputs = []
+    for path in files:
+        model.load_weights(path)
+        gen = DataGenerator.from_config(config, readable, batch_size=16, to_fit=False)
+        outputs.append(model.predict(gen, verbose=0))
+    mean = np.mean(outputs, axis=0)
+    np.testing.assert_allclose(oof.loc[readable].to_numpy(), mean, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(outputs[0], outputs[1])  # two different models were averaged
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        result = predict_test(config, write=False)
+    assert result.report["snapshots"] == 2 and result.predictions.notna().all().all()
