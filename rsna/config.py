@@ -11,7 +11,7 @@ examples)::
                workers, jit_compile, scale_learning_rate, snapshots, sampling,
                per_study, centre_weight
     [augment]  flip, shift, scale, rotate, interpolation, vflip, crop_area, crop_ratio, erase,
-               erase_holes, erase_size, brightness, contrast, zflip
+               erase_holes, erase_size, brightness, contrast, zflip, device
     [predict]  tta, ensemble, clip, batch_size
     [sequence] inputs, units, dropout, conv, bags, epochs, batch_size, learning_rate, patience, tta_reverse, jitter, position,
                any_coupling, subtype_l2
@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from rsna import files, runs
 from rsna.backbones import BACKBONES, HUB, closest_backbone
-from rsna.data.augment import Augment
+from rsna.data.augment import Augment, device_unsupported
 from rsna.data.codecs import DEFAULT_QUALITY, Codec, Compression, codec_for
 from rsna.data.crop import Crop
 from rsna.data.labels import LABELS
@@ -508,6 +508,14 @@ def _validate(config: Config, source: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: `{key}` {rule}. Received: {key.split('.')[-1]}={value!r}")
     _validate_weights(config.model, source)
+    unsupported = device_unsupported(config.augment) if config.augment.device else []
+    if unsupported:
+        raise ConfigError(
+            f"{source}: `augment.device = true` runs the flips, the warp and the level jitter "
+            f"as Keras layers, which cannot apply {unsupported}. Received: "
+            + ", ".join(f"{k}={getattr(config.augment, k)!r}" for k in unsupported)
+            + "; turn those off or set augment.device = false"
+        )
     image = config.image
     if image.channels == "neighbours" and (image.context != 1 or len(image.windows) != 1):
         names = ",".join(window_name(w) for w in image.windows)

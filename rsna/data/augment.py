@@ -41,6 +41,7 @@ __all__ = [
     "Interpolation",
     "apply_affine",
     "augment",
+    "device_unsupported",
     "erase_boxes",
     "is_identity",
     "jitter_levels",
@@ -91,6 +92,9 @@ class Augment:
         zflip: probability of reversing the order of the context slices (s+1 .. s-1), in
             [0, 1]: a head scanned the other way up the z axis. The 1st place swapped the
             neighbours of its 3-slice input.
+        device: run the flips, the warp and the level jitter as Keras layers in the
+            model (on the GPU or TPU, training only; :func:`device_unsupported` lists what
+            they cannot do) instead of with cv2 on the CPU.
     """
 
     flip: bool = True
@@ -107,6 +111,7 @@ class Augment:
     brightness: float = 0.0
     contrast: float = 0.0
     zflip: float = 0.0
+    device: bool = False
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -253,6 +258,15 @@ def erase_boxes(
         top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
         out[top : top + h, left : left + w] = 0
     return out
+
+
+def device_unsupported(config: Augment) -> list[str]:
+    """The options of `config` that the device-side layers cannot apply (they are the
+    CPU's: a resized crop, erasing, z flips, bicubic sampling)."""
+    off = Augment()
+    names = ("crop_area", "crop_ratio", "erase", "zflip")
+    found = [n for n in names if getattr(config, n) != getattr(off, n)]
+    return found + (["interpolation"] if config.interpolation == "cubic" else [])
 
 
 def is_identity(config: Augment) -> bool:

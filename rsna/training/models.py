@@ -35,6 +35,7 @@ import numpy as np
 
 from rsna.backbones import BACKBONES, HUB, Backbone
 from rsna.config import Config, ConfigError
+from rsna.data.augment import Augment
 from rsna.data.labels import LABELS
 from rsna.errors import RsnaError
 from rsna.metrics import PRIOR_EPS, logit
@@ -51,6 +52,7 @@ __all__ = [
     "build_model",
     "build_sequence_model",
     "context_adapter",
+    "device_augment",
     "dtype_policy",
     "load_model",
     "no_decay_variables",
@@ -92,6 +94,8 @@ def build_model(config: Config, *, prior: np.ndarray | None = None) -> keras.Mod
     policy = resolve_precision(config)[0].model.precision
     with dtype_policy(policy):
         x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(inputs)
+        if config.train.augment and config.augment.device:
+            x = device_augment(x, config.augment, seed=config.train.seed)
         if config.model.backbone == "small_cnn":
             features = small_cnn(x)
         else:
@@ -104,6 +108,39 @@ def build_model(config: Config, *, prior: np.ndarray | None = None) -> keras.Mod
     )
     outputs = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name=f"rsna_{config.model.backbone}")
+
+
+def device_augment(x: keras.KerasTensor, augment: Augment, *, seed: int) -> keras.KerasTensor:
+    """``augment.device``: the flips, shift, zoom, rotation and level jitter of `augment`
+    as Keras preprocessing layers on x in [0, 1], active in training only, each seeded
+    from `seed`. Uncovered pixels are 0 (air), as the CPU warp leaves them.
+
+    They approximate :func:`rsna.data.augment.augment`: one zoom for both axes, the
+    brightness and contrast drawn once per image for every channel (the CPU's draw per
+    window), and Keras's own order of the transforms.
+    """
+    interpolation = "nearest" if augment.interpolation == "nearest" else "bilinear"
+    fill = {"fill_mode": "constant", "fill_value": 0.0, "interpolation": interpolation}
+    levels = {"value_range": (0, 1)}
+    k = keras.layers
+    layers = []
+    if augment.flip or augment.vflip:
+        both = "horizontal_and_vertical"
+        mode = both if augment.flip and augment.vflip else "horizontal" if augment.flip else "vertical"
+        layers.append(k.RandomFlip(mode, seed=seed))
+    if augment.shift:
+        layers.append(k.RandomTranslation(augment.shift, augment.shift, seed=seed + 1, **fill))
+    if augment.scale:
+        layers.append(k.RandomZoom((-augment.scale, augment.scale), seed=seed + 2, **fill))
+    if augment.rotate:
+        layers.append(k.RandomRotation(augment.rotate / 360.0, seed=seed + 3, **fill))
+    if augment.brightness:
+        layers.append(k.RandomBrightness(augment.brightness, seed=seed + 4, **levels))
+    if augment.contrast:
+        layers.append(k.RandomContrast(augment.contrast, seed=seed + 5, **levels))
+    for layer in layers:
+        x = layer(x)
+    return x
 
 
 def small_cnn(

@@ -144,6 +144,11 @@ def _schedule(config: Config, steps_per_epoch: int):
     )
 
 
+def _cpu_augment(config: Config) -> bool:
+    """Does the training generator augment (on the CPU), or the model (``augment.device``)?"""
+    return config.train.augment and not config.augment.device
+
+
 def _sampling(config: Config) -> tuple[int, float] | None:
     """The training generator's study sampling (``train.sampling = "study"``), or None."""
     if config.train.sampling == "all":
@@ -160,7 +165,7 @@ def _generator(
         labels,
         batch_size=config.train.batch_size,
         shuffle=train,
-        augment=config.augment if (train and config.train.augment) else None,
+        augment=config.augment if (train and _cpu_augment(config)) else None,
         seed=config.train.seed,
         sampling=_sampling(config) if train else None,
         workers=config.train.workers,

@@ -352,3 +352,46 @@ def test_neighbour_channels_feed_a_pretrained_stem_without_an_adapter(tmp_path):
         model.get_layer("channel_adapter")
     with pytest.raises(ConfigError, match="needs `image.context = 1` and one window"):
         config_from_dict({"image": {"context": 2, "windows": "brain", "channels": "neighbours"}})
+
+
+def _device_config(**augment):
+    return config_from_dict(
+        {
+            "image": {"size": 32, "context": 0},
+            "model": {"backbone": "small_cnn", "dropout": 0.0},
+            "augment": {"device": True, "brightness": 0.1, "contrast": 0.1, **augment},
+            "train": {"seed": 7},
+        }
+    )
+
+
+def _augmented(model: keras.Model) -> keras.Model:
+    """The model from its input to the last device-side augmentation layer."""
+    last = [layer for layer in model.layers if layer.name.startswith("random_")][-1]
+    return keras.Model(model.input, last.output)
+
+
+def test_device_augmentation_is_off_at_inference_and_seeded_in_training(tmp_path):
+    x = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    model = build_model(_device_config())
+    model.save(tmp_path / "device.keras")  # the layers are Keras's own: safe mode loads them
+    loaded = load_model(tmp_path / "device.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+    names = [layer.name for layer in model.layers if layer.name.startswith("random_")]
+    assert len(names) == 6  # flip, translation, zoom, rotation, brightness, contrast
+    part = _augmented(model)
+    np.testing.assert_allclose(part(x, training=False), x / 255.0, rtol=1e-6)
+    moved = np.asarray(part(x, training=True))
+    assert not np.allclose(moved, x / 255.0)
+    assert moved.min() >= 0.0 and moved.max() <= 1.0 + 1e-6
+    again = np.asarray(_augmented(build_model(_device_config()))(x, training=True))
+    np.testing.assert_allclose(again, moved, rtol=1e-6)  # the same seed, the same draws
+    plain = build_model(
+        config_from_dict({"image": {"size": 32, "context": 0}, "model": {"backbone": "small_cnn"}})
+    )
+    assert not any(layer.name.startswith("random_") for layer in plain.layers)
+
+
+def test_device_augmentation_refuses_what_only_the_cpu_can_do():
+    with pytest.raises(ConfigError, match="cannot apply \\['erase', 'zflip'\\]"):
+        _device_config(erase=0.5, zflip=0.5)
