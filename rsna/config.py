@@ -167,16 +167,19 @@ class TrainConfig:
     #: The global batch size `learning_rate` was tuned for; when set (not 0), the rate is
     #: scaled linearly to `batch_size` (Goyal et al. 2017; the warm-up is the schedule's).
     scale_learning_rate: int = 0
+    #: Keep the weights of the last N epochs and predict (OOF, test, embeddings) with the
+    #: mean of their outputs instead of best.keras alone (2nd place's "Bag 5X"); 0: off.
+    snapshots: int = 0
     #: "all": every training slice every epoch. "study": each epoch draws `per_study`
     #: slices a series, the middle `1 + centre_weight` times as likely as the ends (1st
     #: place drew 4 a study "weighted towards the middle"; the weight's form is ours);
     #: validation and OOF still cover every slice.
-    #: Keep the weights of the last N epochs and predict (OOF, test, embeddings) with the
-    #: mean of their outputs instead of best.keras alone (2nd place's "Bag 5X"); 0: off.
-    snapshots: int = 0
     sampling: Sampling = "all"
     per_study: int = 4
     centre_weight: float = 1.0
+    #: Write TensorBoard logs (losses, each label's validation log loss, learning rate) to
+    #: fold_k/tensorboard/; needs the tensorboard package (the "tensorboard" extra).
+    tensorboard: bool = False
 
     @property
     def effective_learning_rate(self) -> float:
@@ -593,7 +596,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 #: loader workers, the compiler, and how the test predictions are batched, averaged over
 #: folds and clipped. A finished fold's record ignores them, so a
 #: later session may move the folders (a read-only work folder, another out_dir).
-_NOT_EXPERIMENT = frozenset({"data.work_dir", "data.out_dir", "train.workers", "train.jit_compile", "predict.batch_size", "predict.ensemble", "predict.clip"})  # fmt: skip
+_NOT_EXPERIMENT = frozenset({"data.work_dir", "data.out_dir", "train.workers", "train.jit_compile", "train.tensorboard", "predict.batch_size", "predict.ensemble", "predict.clip"})  # fmt: skip
 
 
 def experiment_record(config: Config, *, stage: int) -> dict[str, Any]:

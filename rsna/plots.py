@@ -35,12 +35,21 @@ def _figure(width: float, height: float):  # -> matplotlib.figure.Figure
 
 
 def plot_training_curves(history, *, title: str = "training"):
-    """Loss and weighted log loss per epoch, train and validation (from history.csv)."""
-    figure = _figure(10, 3.6)
-    axes = figure.subplots(1, 2)
+    """Loss and weighted log loss per epoch, train and validation, and each label's
+    validation log loss where history.csv has it."""
+    per_label = [label for label in LABELS if f"val_log_loss_{label}" in history]
+    figure = _figure(15 if per_label else 10, 3.6)
+    axes = figure.subplots(1, 3 if per_label else 2)
     epochs = history["epoch"] + 1
+    if per_label:
+        for label in per_label:
+            axes[2].plot(epochs, history[f"val_log_loss_{label}"], "o-", label=label)
+        axes[2].set_title(f"{title}: validation log loss by label")
+        axes[2].set_xlabel("epoch")
+        axes[2].set_ylabel("log loss")
+        axes[2].legend(fontsize="small")
     for ax, metric, name in zip(
-        axes,
+        axes[:2],
         ("loss", "weighted_log_loss"),
         ("loss (weighted BCE)", "weighted log loss"),
         strict=True,

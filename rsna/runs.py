@@ -11,7 +11,7 @@ A run folder (``data.out_dir``, or ``WORK/runs/<config name>``) holds::
     smoothed/, stage2/smoothed/   a stage smoothed along z (rsna postprocess): folds and submission
 
 A stage's fold folder holds ``experiment.json``, ``best.keras``, ``state.json``, ``seeds.json``, ``history.csv``,
-``backup/`` (while training), ``snapshots/`` (with ``train.snapshots``), ``oof.csv``, ``curves.png`` and ``summary.json``; stage 1's
+``backup/`` (while training), ``snapshots/`` (with ``train.snapshots``), ``tensorboard/`` (with ``train.tensorboard``), ``oof.csv``, ``curves.png`` and ``summary.json``; stage 1's
 also the embeddings ``embed_oof.npz`` and ``embed_test.npz`` that stage 2 reads.
 """
 
@@ -47,6 +47,7 @@ __all__ = [
     "STATE",
     "SUBMISSION",
     "SUMMARY",
+    "TENSORBOARD",
     "fold_dir",
     "fold_dirs",
     "read_history",
@@ -64,6 +65,7 @@ BACKUP_METADATA = "training_metadata.json"  # in BACKUP, by keras.callbacks.Back
 OOF = "oof.csv"
 CURVES = "curves.png"
 SUMMARY = "summary.json"
+TENSORBOARD = "tensorboard"  # in a fold folder: TensorBoard's event files (train.tensorboard)
 EXPERIMENT = "experiment.json"  # what the fold was trained with (rsna.config.experiment_record)
 EMBED_OOF, EMBED_TEST = "embed_oof.npz", "embed_test.npz"
 EVALUATE_JSON = "evaluate.json"

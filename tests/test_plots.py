@@ -71,6 +71,7 @@ def test_result_figures(data, tmp_path):
             "val_loss": [0.6, 0.5],
             "weighted_log_loss": [0.5, 0.4],
             "val_weighted_log_loss": [0.6, 0.5],
+            **{f"val_log_loss_{label}": [0.3, 0.2] for label in LABELS},
         }
     )
     scores = pd.DataFrame({"model": [0.1] * 7, "prior": [0.2] * 7}, index=[*LABELS, "weighted"])
@@ -82,6 +83,8 @@ def test_result_figures(data, tmp_path):
         plots.plot_roc_pr(labels, predictions),
     ):
         check(figure)
+    assert len(plots.plot_training_curves(history).axes) == 3
+    assert len(plots.plot_training_curves(history.iloc[:, :5]).axes) == 2  # an older history.csv
     path = save_figure(plots.plot_scores(scores), tmp_path / "s.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -6,10 +6,11 @@ Both stages train fold k on every other fold and validate on k, in
     best.keras       the best epoch by validation weighted log loss (written atomically)
     state.json       best value, best epoch, epochs without improvement, last epoch seen
     seeds.json       the random layers' seed-generator states at each epoch's end
-    history.csv      one row per epoch (Keras CSVLogger)
+    history.csv      one row per epoch: losses, the metric and each label's log loss
     backup/          BackupAndRestore's checkpoints while training (double checkpoint)
     oof.csv          image_id and six probabilities for fold k's images, from best.keras
     curves.png       loss and weighted log loss, train and validation
+    tensorboard/     TensorBoard's event files (with ``train.tensorboard``)
     summary.json     the one-line summary, as data
     experiment.json  the config keys the fold was trained with (rsna.config.experiment_record)
 
@@ -49,7 +50,7 @@ import pandas as pd
 from rsna import files, runs
 from rsna.config import Config, dump_config, experiment_changes, experiment_record
 from rsna.data.folds import FOLDS_FILE, read_folds
-from rsna.data.labels import prior
+from rsna.data.labels import LABELS, prior
 from rsna.data.metadata import read_prepared_labels
 from rsna.errors import DataWarning, RsnaError
 from rsna.metrics import per_label_log_loss, prior_predictions
@@ -61,7 +62,7 @@ from rsna.training.distributed import (
     worker_role,
 )
 from rsna.training.generator import EpochSync
-from rsna.training.losses import WeightedBCE, WeightedLogLoss
+from rsna.training.losses import LabelLogLoss, WeightedBCE, WeightedLogLoss
 from rsna.training.models import load_model, no_decay_variables
 from rsna.training.precision import resolve_precision
 
@@ -226,6 +227,8 @@ def run_fold(
         return FoldResult(fold, summary, oof)
     start = time.perf_counter()
     split = split_fold(config, fold)
+    if config.train.tensorboard:  # refused before anything is written if not installed
+        callbacks = [tensorboard_callback(fold_dir / runs.TENSORBOARD), *callbacks]
     own_dir = fold_dir if role.chief else _worker_copy(fold_dir, role, fresh=force)
     try:
         split = dataclasses.replace(split, start_epoch=resume_epoch(own_dir))
@@ -481,8 +484,8 @@ def compile_fold_model(
 ) -> keras.Model:
     """Compile for either stage: AdamW (its decay off for biases, norms and the context
     adapter: :func:`~rsna.training.models.no_decay_variables`), the weighted BCE loss with
-    `label_weights`, and the competition metric weighted by the sample weights (a series
-    mask, or none).
+    `label_weights`, and the competition metric and each label's log loss, weighted by the
+    sample weights (a series mask, or none).
 
     Under ``mixed_float16`` the optimizer scales the loss dynamically (Keras wraps it only
     when the Model's own policy is mixed, and ours is float32 around a mixed backbone).
@@ -494,7 +497,7 @@ def compile_fold_model(
     model.compile(
         optimizer=optimizer,
         loss=WeightedBCE(label_weights),
-        weighted_metrics=[WeightedLogLoss()],
+        weighted_metrics=[WeightedLogLoss(), *(LabelLogLoss(label) for label in LABELS)],
         jit_compile=jit_compile,
     )
     return model
@@ -542,7 +545,7 @@ def fit_fold(
                     str(fold_dir / runs.BACKUP), double_checkpoint=True
                 ),
                 *extra,
-                keras.callbacks.CSVLogger(str(fold_dir / runs.HISTORY), append=True),
+                HistoryLogger(fold_dir / runs.HISTORY),
                 keras.callbacks.TerminateOnNaN(),
                 EpochSync(plan.train_data if plan.epoch_source is None else plan.epoch_source),
                 SeedState(fold_dir),
@@ -551,6 +554,44 @@ def fit_fold(
         )
     best = fold_dir / runs.BEST_MODEL
     return load_model(best) if best.exists() else model
+
+
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """Keras's CSVLogger, appending a resumed fit under the columns already in the file.
+
+    Keras's own takes its columns from the first epoch it logs and writes no header when
+    it appends, so a fold resumed by an rsna that logs other metrics would shift every
+    later value into the wrong column. Here a resumed fit keeps the file's columns; a
+    metric the file lacks is left out and one it has but the fit does not log reads "NA".
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path), append=True)
+        self.path = path
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.path.is_file() and self.path.stat().st_size:
+            self.keys = list(pd.read_csv(self.path, nrows=0).columns.drop("epoch", errors="ignore"))
+
+
+def tensorboard_callback(log_dir: Path) -> keras.callbacks.Callback:
+    """Keras's TensorBoard callback writing each epoch's losses, per-label metrics and
+    learning rate under `log_dir` (``train.tensorboard``).
+
+    Raises:
+        TrainError: the tensorboard package is not installed (it is not a TensorFlow
+            dependency; ``pip install "rsna[tensorboard]"``).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise TrainError(
+            "`train.tensorboard` = true needs the tensorboard package, which is not "
+            'installed. Install it with: pip install "rsna[tensorboard]" (or set '
+            "train.tensorboard = false)"
+        )
+    return keras.callbacks.TensorBoard(str(log_dir), write_graph=False, update_freq="epoch")
 
 
 class _StartsAt(keras.callbacks.Callback):

@@ -12,7 +12,7 @@ import numpy as np
 from rsna.data.labels import LABELS
 from rsna.metrics import EPS, WEIGHTS
 
-__all__ = ["WeightedBCE", "WeightedLogLoss", "weighted_bce"]
+__all__ = ["LabelLogLoss", "WeightedBCE", "WeightedLogLoss", "weighted_bce"]
 
 
 @keras.saving.register_keras_serializable(package="rsna")
@@ -24,11 +24,17 @@ def weighted_bce(y_true, y_pred):
     return _weighted_bce(y_true, y_pred, WEIGHTS)
 
 
-def _weighted_bce(y_true, y_pred, weights) -> keras.KerasTensor:
+def _bce(y_true, y_pred) -> keras.KerasTensor:
+    """Binary cross-entropy per label, with the metric's clip."""
     ops = keras.ops
     y_true = ops.cast(y_true, "float32")
     p = ops.clip(ops.cast(y_pred, "float32"), EPS, 1.0 - EPS)
-    losses = -(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+    return -(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+
+
+def _weighted_bce(y_true, y_pred, weights) -> keras.KerasTensor:
+    ops = keras.ops
+    losses = _bce(y_true, y_pred)
     w = ops.convert_to_tensor(np.asarray(weights, np.float32))
     return ops.sum(losses * w, axis=-1) / ops.sum(w)
 
@@ -61,7 +67,9 @@ class WeightedLogLoss(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Add a batch; `sample_weight` (e.g. a sequence mask) weighs each row's loss."""
-        losses = _weighted_bce(y_true, y_pred, WEIGHTS)
+        self._add(_weighted_bce(y_true, y_pred, WEIGHTS), sample_weight)
+
+    def _add(self, losses, sample_weight) -> None:
         weight = (
             keras.ops.ones_like(losses)
             if sample_weight is None
@@ -79,3 +87,23 @@ class WeightedLogLoss(keras.metrics.Metric):
     def reset_state(self):
         self.total.assign(0.0)
         self.count.assign(0.0)
+
+
+@keras.saving.register_keras_serializable(package="rsna")
+class LabelLogLoss(WeightedLogLoss):
+    """One label's log loss over a whole epoch, as ``log_loss_<label>`` (the per-label
+    curves of history.csv and TensorBoard)."""
+
+    def __init__(self, label: str, name: str | None = None, **kwargs) -> None:
+        if label not in LABELS:
+            raise ValueError(f"`label` must be one of {list(LABELS)}. Received: label={label!r}")
+        super().__init__(name=name or f"log_loss_{label}", **kwargs)
+        self.label = label
+        self.column = LABELS.index(label)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Add a batch of this label's column; `sample_weight` weighs each row."""
+        self._add(_bce(y_true, y_pred)[..., self.column], sample_weight)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label": self.label}

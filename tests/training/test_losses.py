@@ -5,9 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from sklearn.metrics import log_loss
 
+from rsna.data.labels import LABELS
 from rsna.metrics import weighted_log_loss
-from rsna.training.losses import WeightedBCE, WeightedLogLoss, weighted_bce
+from rsna.training.losses import LabelLogLoss, WeightedBCE, WeightedLogLoss, weighted_bce
 
 
 def random_case(n: int = 500, seed: int = 0):
@@ -37,3 +39,22 @@ def test_keras_loss_and_metric_equal_the_numpy_metric():
     assert restored.weights == [1, 2, 3, 4, 5, 6]
     with pytest.raises(ValueError, match="`weights` must have 6 values"):
         WeightedBCE([1, 2])
+
+
+def test_each_label_metric_is_sklearns_log_loss_of_its_column_over_the_masked_rows():
+    y, p = random_case(60, seed=3)
+    p = np.clip(p, 1e-4, 1 - 1e-4).astype(np.float32)
+    # As stage 2 gives them: series of 10 slices, padding masked out by the sample weight.
+    mask = (np.arange(10)[None, :] < np.array([10, 7, 3, 10, 9, 1])[:, None]).astype(np.float32)
+    for column, label in enumerate(LABELS):
+        metric = LabelLogLoss(label)
+        assert metric.name == f"log_loss_{label}"
+        metric.update_state(y[:30].reshape(3, 10, 6), p[:30].reshape(3, 10, 6), mask[:3])
+        metric.update_state(y[30:].reshape(3, 10, 6), p[30:].reshape(3, 10, 6), mask[3:])
+        kept = mask.reshape(-1) > 0
+        expected = log_loss(y[kept, column], p[kept, column], labels=[0, 1])
+        assert float(metric.result()) == pytest.approx(expected, rel=1e-5), label
+    restored = LabelLogLoss.from_config(LabelLogLoss("epidural").get_config())
+    assert (restored.label, restored.name) == ("epidural", "log_loss_epidural")
+    with pytest.raises(ValueError, match="`label` must be one of"):
+        LabelLogLoss("bleed")

@@ -44,7 +44,7 @@ def tiny_config(work, out, **train):
 
 @pytest.fixture(scope="module")
 def trained(tiny_work, tmp_path_factory):
-    config = tiny_config(tiny_work, tmp_path_factory.mktemp("run"))
+    config = tiny_config(tiny_work, tmp_path_factory.mktemp("run"), tensorboard=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         results = train_folds(config, verbose=0)
@@ -80,8 +80,46 @@ def test_fold_outputs(trained, tiny_work):
             and oof.notna().all().all()
             and ((oof >= 0) & (oof <= 1)).all().all()  # float32 may saturate a rare label
         )
-        assert len(read_history(fold_dir / "history.csv")) == 2
+        history = read_history(fold_dir / "history.csv")
+        assert len(history) == 2
+        logged = tensorboard_scalars(fold_dir / "tensorboard")
+        for label in LABELS:
+            curve = logged[("validation", f"epoch_log_loss_{label}")]
+            np.testing.assert_allclose(
+                [curve[0], curve[1]], history[f"val_log_loss_{label}"], rtol=1e-6
+            )
+        assert sorted(logged[("train", "epoch_learning_rate")]) == [0, 1]
+        assert sorted(logged[("validation", "epoch_weighted_log_loss")]) == [0, 1]
     assert (config.run_dir / "config.toml").exists()
+
+
+def tensorboard_scalars(folder):
+    """{(train|validation, tag): {epoch: value}} from the event files under `folder`."""
+    import tensorflow as tf
+
+    scalars = {}
+    for path in folder.rglob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                key = (path.parent.name, value.tag)
+                scalars.setdefault(key, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+def test_tensorboard_without_its_package_is_refused_before_anything_is_written(
+    tiny_work, tmp_path, monkeypatch
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a)
+    )
+    config = tiny_config(tiny_work, tmp_path / "run", tensorboard=True)
+    with pytest.raises(TrainError, match=r"needs the tensorboard package.*rsna\[tensorboard\]"):
+        train_fold(config, 0)
+    assert not config.fold_dir(0).exists()
 
 
 def test_a_finished_fold_is_skipped(trained, capsys):
@@ -349,3 +387,24 @@ def test_snapshots_predict_the_mean_of_the_last_epochs_models(tiny_work, tmp_pat
         warnings.simplefilter("ignore", DataWarning)
         result = predict_test(config, write=False)
     assert result.report["snapshots"] == 2 and result.predictions.notna().all().all()
+
+
+def test_a_resumed_history_keeps_its_columns_when_the_fit_logs_other_metrics(tmp_path):
+    """Keras's CSVLogger appends without a header, in the order of the keys it sees: a
+    fold resumed by an rsna that logs more metrics would have shifted every value."""
+    import keras
+
+    from rsna.training.fold import HistoryLogger
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_loss\n0,9.0,8.0\n")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.compile("sgd", "mse", metrics=["mae"])  # logs mae and val_mae beside the losses
+    x, y = np.ones((4, 2), np.float32), np.full((4, 1), 2.0, np.float32)
+    model.fit(x, y, validation_data=(x, y), initial_epoch=1, epochs=2, verbose=0, callbacks=[HistoryLogger(path)])
+    history = pd.read_csv(path)
+    assert list(history.columns) == ["epoch", "loss", "val_loss"]
+    assert history["epoch"].tolist() == [0, 1]
+    # The first epoch's training loss with zero weights is mean((2 - 0)^2) = 4.
+    assert history.loc[1, "loss"] == pytest.approx(4.0)
+    assert history.loc[1, "val_loss"] < 4.0
