@@ -368,21 +368,84 @@ def _postprocess(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from rsna.predictions import PredictError
     from rsna.training import runner
     from rsna.training.strategy import choose_strategy
 
-    config = _config(args, store=args.stage == 1)  # argparse has checked --stage
-    result = runner.predict(config, stage=args.stage, strategy=choose_strategy(args.strategy))
+    if args.dicom_dir is not None:
+        _predict_dicom_dir(args)
+        return
+    if args.out is not None or args.threshold is not None:
+        raise PredictError("--out and --threshold go with --dicom-dir, which is not given")
+    stage = args.stage or 1  # argparse has checked --stage
+    config = _config(args, store=stage == 1)
+    result = runner.predict(config, stage=stage, strategy=choose_strategy(args.strategy))
     report = result.report
-    views = report["tta"] if args.stage == 1 else f"reverse={report['tta_reverse']}"
+    views = report["tta"] if stage == 1 else f"reverse={report['tta_reverse']}"
     print(
-        f"stage {args.stage}: predicted {report['images']} images with {len(report['folds'])} "
+        f"stage {stage}: predicted {report['images']} images with {len(report['folds'])} "
         f"fold model(s), TTA {views}, ensemble {config.predict.ensemble}"
     )
     for key in ("unreadable_given_prior", "missing_files_given_prior"):
         if report[key]:
             print(f"{key.replace('_', ' ')}: {', '.join(report[key])}")
     print(f"wrote {result.submission}")
+
+
+def _moved_run(config, path: Path):
+    """`config` with its run folder where its ``config.toml`` is, if `path` is a run's
+    config.toml beside trained folds and the config names another folder (the run was
+    copied or moved); said on screen."""
+    import dataclasses
+
+    from rsna import runs
+
+    here = path.parent
+    if path.name != runs.CONFIG_FILE or not runs.fold_dirs(here, holding=runs.BEST_MODEL):
+        return config
+    if config.run_dir.resolve() == here.resolve():
+        return config
+    print(f"{path}: trained in {config.run_dir}; predicting with the fold models beside it")
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, out_dir=here))
+
+
+def _predict_dicom_dir(args: argparse.Namespace) -> None:
+    from rsna.data.studies import SKIP_KINDS
+    from rsna.predictions import PredictError
+    from rsna.training.external import OUT_FILES, predict_dicom_dir
+    from rsna.training.strategy import choose_strategy
+
+    if args.out is None:
+        raise PredictError("--dicom-dir needs --out, the folder for the predictions")
+    config = _moved_run(_config(args), Path(args.config))
+    threshold = 0.5 if args.threshold is None else args.threshold
+    result = predict_dicom_dir(
+        config,
+        args.dicom_dir,
+        args.out,
+        stage=args.stage,
+        threshold=threshold,
+        strategy=choose_strategy(args.strategy),
+    )
+    report, counts = result.report, result.report["files"]
+    skipped = [f"{n} {kind}" for kind, n in counts.items() if n and kind in SKIP_KINDS]
+    print(
+        f"{args.dicom_dir}: {sum(counts.values())} files, {report['slices']} CT slices in "
+        f"{report['studies']} studies; skipped {', '.join(skipped) or 'none'}; "
+        f"{report['unreadable']} unreadable"
+    )
+    if report["stage"] == 1 and args.stage is None:
+        print(f"stage 1 only: stage 2 is not trained for every fold ({config.stage_dir(2)})")
+    print(
+        f"stage {report['stage']}: folds {', '.join(report['folds'])}, TTA {report['tta']}, "
+        f"ensemble {report['ensemble']}; {report['positive_studies']} of {report['studies']} "
+        f"studies positive (any >= {threshold:g})"
+    )
+    tables = ", ".join(OUT_FILES[k] for k in ("slices", "studies", "skipped", "unreadable"))
+    print(
+        f"wrote {tables}, {OUT_FILES['report']} and {report['positive_studies']} figures "
+        f"({OUT_FILES['figures']}/) to {args.out}"
+    )
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -458,7 +521,11 @@ def _parts_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config_arguments(
-    p: argparse.ArgumentParser, *, folds: bool = False, stage: str | None = None
+    p: argparse.ArgumentParser,
+    *,
+    folds: bool = False,
+    stage: str | None = None,
+    stage_default: int | None = 1,
 ) -> None:
     """The arguments of every command that runs a config."""
     p.add_argument("config", help=_config_help())
@@ -467,7 +534,7 @@ def _config_arguments(
             "--fold", type=_fold_list, default="all", help="a fold, a comma-separated list, or all"
         )
     if stage:
-        p.add_argument("--stage", type=int, default=1, choices=[1, 2], help=stage)
+        p.add_argument("--stage", type=int, default=stage_default, choices=[1, 2], help=stage)
     p.add_argument(
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value"
     )
@@ -705,10 +772,26 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         parents=[common],
         name="predict",
-        help="predict the test set with every fold and write submission.csv",
+        help="predict the test set (or a folder of DICOM studies) with every fold",
     )
-    _config_arguments(p, stage="1: the slice models; 2: the series models")
+    _config_arguments(
+        p,
+        stage="1: the slice models; 2: the series models (default: 1; with --dicom-dir, 2 "
+        "where it is trained for every fold)",
+        stage_default=None,
+    )
     p.add_argument("--strategy", default="auto", choices=STRATEGIES)
+    p.add_argument(
+        "--dicom-dir",
+        type=_folder("dicom_dir"),
+        help="predict every CT slice under this folder (any structure) instead of the test set",
+    )
+    p.add_argument("--out", type=_folder("out"), help="with --dicom-dir: where the predictions go")
+    p.add_argument(
+        "--threshold",
+        type=_fraction("threshold"),
+        help="with --dicom-dir: a study is positive when its any is at least this (0.5)",
+    )
     p.set_defaults(run=_predict)
 
     p = sub.add_parser(

@@ -23,6 +23,7 @@ __all__ = [
     "plot_scores",
     "plot_series_strip",
     "plot_stage_comparison",
+    "plot_study",
     "plot_training_curves",
     "plot_worst",
 ]
@@ -223,6 +224,36 @@ def plot_series_strip(images, metadata, labels, series_uid: str, *, max_slices: 
     for ax in axes[len(series) :]:
         ax.axis("off")
     figure.suptitle(f"Series {series_uid} in z order (patient {series['patient_id'].iloc[0]})")
+    return figure
+
+
+def plot_study(slices, *, threshold: float = 0.5, title: str = ""):
+    """One study's probabilities along z: a panel per series, a line per label, against
+    each slice's place in the series; stage 1's ``any`` dashed where `slices` has
+    ``stage1_any`` (stage 2 predicted the others)."""
+    groups = list(slices.groupby("series_uid", sort=True))
+    figure = _figure(10, 2.6 * len(groups) + 0.4)
+    axes = figure.subplots(len(groups), 1, squeeze=False).ravel()
+    for ax, (uid, series) in zip(axes, groups, strict=True):
+        series = series.sort_values("slice_index")
+        hide = "" if ax is axes[0] else "_"  # one legend, in the first panel
+        for label in LABELS:
+            ax.plot(series["slice_index"], series[label], marker=".", label=hide + label)
+        if "stage1_any" in series:
+            ax.plot(
+                series["slice_index"],
+                series["stage1_any"],
+                "k--",
+                lw=1,
+                label=hide + "any, stage 1",
+            )
+        ax.axhline(threshold, color="grey", lw=0.8, ls=":")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"series {uid} ({len(series)} slices)", fontsize=9)
+        ax.set_xlabel("slice (z order)")
+        ax.set_ylabel("probability")
+    axes[0].legend(fontsize=7, ncols=4, loc="upper left")
+    figure.suptitle(title or f"study {slices['study_uid'].iloc[0]}")
     return figure
 
 

@@ -89,6 +89,25 @@ def test_result_figures(data, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_study_has_one_panel_per_series_in_z_order():
+    rng = np.random.default_rng(0)
+    slices = pd.DataFrame(
+        {
+            "study_uid": "s",
+            "series_uid": ["b", "a", "a", "b", "a"],
+            "slice_index": [1, 2, 0, 0, 1],
+            **{label: rng.uniform(size=5) for label in [*LABELS, "stage1_any"]},
+        }
+    )
+    figure = plots.plot_study(slices, threshold=0.4)
+    check(figure)
+    assert [ax.get_title() for ax in figure.axes] == ["series a (3 slices)", "series b (2 slices)"]
+    line = figure.axes[0].lines[LABELS.index("any")]
+    assert line.get_xdata().tolist() == [0, 1, 2]
+    np.testing.assert_allclose(line.get_ydata(), slices["any"].iloc[[2, 4, 1]])
+    assert len(figure.axes[0].lines) == len(LABELS) + 2  # the labels, stage 1's any, the threshold
+
+
 def test_the_checker_catches_a_bare_figure():
     figure = Figure(figsize=(3, 3))
     ax = figure.subplots()

@@ -54,6 +54,7 @@ from rsna.data.elements import (
     MAX_ELEMENTS,
     MAX_INFLATED_BYTES,
     NATIVE_SYNTAXES,
+    NOT_DICOM,
     PIXEL_DATA,
     UNDEFINED,
     Element,
@@ -78,6 +79,8 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_INFLATED_BYTES",
     "MAX_RESCALE",
+    "NOT_AN_IMAGE",
+    "NOT_DICOM",
     "DicomError",
     "DicomHeader",
     "DicomImage",
@@ -114,6 +117,8 @@ _FIX_OFFSET = 1000
 _FIX_MODULUS = 4096
 _FIX_INTERCEPT = -1000.0
 _HEAD_BYTES = 4096
+#: How a reason for a DICOM file that holds no single grayscale image begins.
+NOT_AN_IMAGE = "not an image"
 
 
 class DicomError(RsnaError):
@@ -134,6 +139,8 @@ class DicomHeader:
     """
 
     sop_instance_uid: str  # (0008,0018)
+    image_type: str  # (0008,0008), values joined by "\\": LOCALIZER marks a scout
+    modality: str  # (0008,0060): CT for the slices rsna predicts
     patient_id: str  # (0010,0020)
     study_uid: str  # (0020,000D)
     series_uid: str  # (0020,000E)
@@ -338,7 +345,9 @@ def quiet_rsna_uids() -> Iterator[None]:
 
 #: The header fields, by tag: (name, how to read the value, VR in the DICOM dictionary).
 _TAG_FIELDS: dict[int, tuple[str, str, bytes]] = {
+    0x00080008: ("image_type", "str", b"CS"),
     0x00080018: ("sop_instance_uid", "str", b"UI"),
+    0x00080060: ("modality", "str", b"CS"),
     0x00100020: ("patient_id", "str", b"LO"),
     0x0020000D: ("study_uid", "str", b"UI"),
     0x0020000E: ("series_uid", "str", b"UI"),
@@ -360,6 +369,8 @@ _TAG_FIELDS: dict[int, tuple[str, str, bytes]] = {
 }
 _DEFAULTS: dict[str, object] = {
     "sop_instance_uid": "",
+    "image_type": "",
+    "modality": "",
     "patient_id": "",
     "study_uid": "",
     "series_uid": "",
@@ -530,15 +541,15 @@ def _parse_data(
         if element.tag == PIXEL_DATA:
             pixels = element
     if pixels is None:
-        raise DicomError(path, "not an image: no (7FE0,0010) PixelData element")
+        raise DicomError(path, f"{NOT_AN_IMAGE}: no (7FE0,0010) PixelData element")
     return _parse_pydicom(path, data, header, with_pixels=with_pixels)
 
 
 def _too_short(data: bytes | memoryview) -> str:
     if len(data) == 0:
-        return "not a DICOM file: empty"
+        return f"{NOT_DICOM}: empty"
     if len(data) < 132:
-        return f"not a DICOM file: {len(data)} bytes, shorter than the 132-byte preamble and 'DICM'"
+        return f"{NOT_DICOM}: {len(data)} bytes, shorter than the 132-byte preamble and 'DICM'"
     return "cannot parse DICOM: the file ends inside its file meta information or a data element"
 
 
@@ -591,7 +602,7 @@ def _check_header(path: Path, h: DicomHeader) -> None:
     """Refuse what is not a single-frame grayscale image within the bounds."""
     missing = [tag for name, tag in _REQUIRED.items() if getattr(h, name) in (-1, "")]
     if missing:
-        raise DicomError(path, f"not an image: missing {', '.join(missing)}")
+        raise DicomError(path, f"{NOT_AN_IMAGE}: missing {', '.join(missing)}")
     if not (0 < h.rows <= MAX_DIMENSION and 0 < h.cols <= MAX_DIMENSION):
         raise DicomError(
             path,
@@ -636,7 +647,7 @@ def _check_header(path: Path, h: DicomHeader) -> None:
 def _pixel_error(h: DicomHeader, element: Element | None, *, available: int) -> str:
     """What is wrong with native pixel data, as pydicom judges it ("" if nothing)."""
     if element is None:
-        return "not an image: no (7FE0,0010) PixelData element"
+        return f"{NOT_AN_IMAGE}: no (7FE0,0010) PixelData element"
     if element.length == UNDEFINED:
         return "pixel data of undefined length in a native transfer syntax"
     expected = h.rows * h.cols * h.bits_allocated // 8

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_ELEMENTS",
     "MAX_INFLATED_BYTES",
     "NATIVE_SYNTAXES",
+    "NOT_DICOM",
     "PIXEL_DATA",
     "UNDEFINED",
     "Element",
@@ -73,6 +74,9 @@ _STRUCTS = {
     )
     for order in "<>"
 }
+
+#: How a reason for a file that is no DICOM file begins (no PS3.10 preamble).
+NOT_DICOM = "not a DICOM file"
 
 
 class ElementError(ValueError):
@@ -131,7 +135,7 @@ def read_meta(data: bytes | memoryview) -> tuple[str, int]:
     if len(data) < 132:
         raise NeedMore
     if bytes(data[128:132]) != b"DICM":
-        raise ElementError("not a DICOM file: no 'DICM' at byte 128 (PS3.10 file preamble)")
+        raise ElementError(f"{NOT_DICOM}: no 'DICM' at byte 128 (PS3.10 file preamble)")
     explicit, _, u32 = _STRUCTS["<"]
     pos, ts = 132, ""
     while True:

@@ -41,6 +41,7 @@ __all__ = [
     "stack_channels",
     "study_epoch_size",
     "study_sample",
+    "embeddings_frame",
     "read_embeddings",
     "reversed_series",
     "slice_inputs",
@@ -228,16 +229,31 @@ def read_embeddings(path: str | os.PathLike[str]) -> pd.DataFrame:
     ``features`` and ``logits``, and ``readable``; it is read without pickle.
     """
     with np.load(Path(path), allow_pickle=False) as data:
-        ids = data["ids"]
-        logits = pd.DataFrame(
-            data["logits"].astype(np.float32), index=ids, columns=[f"logit_{c}" for c in LABELS]
+        return embeddings_frame(
+            data["ids"], logits=data["logits"], features=data["features"], readable=data["readable"]
         )
-        features = pd.DataFrame(data["features"].astype(np.float32), index=ids).add_prefix(
-            "feature_"
-        )
-        frame = pd.concat([logits, features], axis=1)
-        frame["readable"] = data["readable"]
-    frame.index.name = "image_id"
+
+
+def embeddings_frame(
+    ids: Sequence[str], *, logits: np.ndarray, features: np.ndarray, readable: np.ndarray
+) -> pd.DataFrame:
+    """Stage-1 embeddings as :func:`read_embeddings` gives them: ``logit_*``, ``feature_*``
+    (both rounded to float16, as the files store them) and ``readable``, by image ID."""
+    index = pd.Index(np.asarray(ids, dtype=str), name="image_id")
+    frame = pd.concat(
+        [
+            pd.DataFrame(
+                np.asarray(logits, np.float16).astype(np.float32),
+                index=index,
+                columns=[f"logit_{c}" for c in LABELS],
+            ),
+            pd.DataFrame(
+                np.asarray(features, np.float16).astype(np.float32), index=index
+            ).add_prefix("feature_"),
+        ],
+        axis=1,
+    )
+    frame["readable"] = np.asarray(readable, bool)
     return frame
 
 

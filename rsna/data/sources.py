@@ -2,7 +2,9 @@
 
 * :class:`~rsna.data.cache.ImageCache`: a store made by ``rsna preprocess`` (fastest);
 * :class:`DicomImages`: the DICOM files of a work folder made by ``rsna prepare``;
-* :class:`DicomFolder`: a plain folder of ``<image ID>.dcm`` files, nothing prepared.
+* :class:`DicomFolder`: a plain folder of ``<image ID>.dcm`` files, nothing prepared;
+* :class:`DicomFiles`: DICOM files anywhere, by image ID (a folder of studies scanned by
+  :func:`rsna.data.studies.scan_studies`).
 
 Each gives ``read_into(image_id, out)``, ``readable(image_id)``, ``reason(image_id)``
 and ``slices`` (series and slice index per image, for context channels), so
@@ -29,7 +31,7 @@ from rsna.data.windowing import DEFAULT_WINDOWS, Curve, Preprocessor, Window, wi
 from rsna.errors import DataWarning, RsnaError
 from rsna.parallel import parallel_map
 
-__all__ = ["DicomFolder", "DicomImages", "ImageSource", "ImageSpec", "SourceError"]
+__all__ = ["DicomFiles", "DicomFolder", "DicomImages", "ImageSource", "ImageSpec", "SourceError"]
 
 
 class SourceError(RsnaError):
@@ -197,6 +199,36 @@ class DicomImages(_Dicoms):
 
     def __repr__(self) -> str:
         return f"DicomImages({len(self._path)} slices)"
+
+
+class DicomFiles(_Dicoms):
+    """Read windowed images from DICOM files given by image ID, anywhere on disk.
+
+    Args:
+        paths: image ID -> its file.
+        slices: ``series_uid`` and ``slice_index`` of every image in `paths` (for context
+            slices), indexed by image ID.
+        spec: what the images are.
+
+    Raises:
+        SourceError: `slices` does not cover `paths`.
+    """
+
+    def __init__(
+        self, paths: dict[str, str], slices: pd.DataFrame, spec: ImageSpec = ImageSpec()
+    ) -> None:
+        missing = sorted(set(paths) - set(slices.index))
+        if missing:
+            raise SourceError(
+                f"`slices` lacks {len(missing)} images of `paths`, e.g. {missing[:3]}"
+            )
+        self.spec, self._path = spec, dict(paths)
+        self.slices = slices.loc[list(paths), ["series_uid", "slice_index"]]
+        self._ok, self._reason = dict.fromkeys(paths, True), {}
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"DicomFiles({len(self._path)} files)"
 
 
 def _slice_files(folder: Path) -> tuple[list[str], list[str]]:

@@ -28,7 +28,7 @@ from rsna.training.models import check_slice_model, load_model
 from rsna.training.stage1 import fold_snapshots, predict_views
 from rsna.training.strategy import choose_strategy
 
-__all__ = ["EmbedError", "embed_fold", "embed_folds", "embed_images"]
+__all__ = ["EmbedError", "embed_fold", "embed_folds", "embed_images", "embedder_of", "pool_views"]
 
 
 class EmbedError(PredictError):
@@ -55,8 +55,7 @@ def embed_fold(
         with active.scope():
             model = load_model(fold_dir / runs.BEST_MODEL)
             check_slice_model(model, config, path=fold_dir / runs.BEST_MODEL)
-            outputs = [model.get_layer("features").output, model.get_layer("logits").output]
-            embedder = keras.Model(model.input, outputs)
+            embedder = embedder_of(model)
         snapshots = fold_snapshots(config, fold)
         for name, ids in todo.items():
             embed_images(
@@ -71,6 +70,12 @@ def embed_fold(
             )
         keras.backend.clear_session()
     return {name: fold_dir / name for name in jobs}
+
+
+def embedder_of(model: keras.Model) -> keras.Model:
+    """A slice model cut before its sigmoid: its ``(features, logits)`` outputs."""
+    outputs = [model.get_layer("features").output, model.get_layer("logits").output]
+    return keras.Model(model.input, outputs)
 
 
 def _usable(path: Path, features: bool) -> bool:
@@ -104,10 +109,7 @@ def embed_images(
     views, unreadable = predict_views(
         embedder, ids, config, replicas=replicas, snapshots=snapshots, weights_of=weights_of
     )
-    pooled = np.mean([f for f, _ in views], axis=0)
-    if not features:
-        pooled = pooled[:, :0]
-    logits = np.mean([g for _, g in views], axis=0)
+    pooled, logits = pool_views(views, features=features)
     readable = ~np.isin(ids, unreadable)
     with files.atomic_path(path) as tmp:
         np.savez(
@@ -117,6 +119,14 @@ def embed_images(
             logits=logits.astype(np.float16),
             readable=readable,
         )
+
+
+def pool_views(views: list, *, features: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The features (no columns without `features`) and logits of an embedder's
+    ``(features, logits)`` outputs, averaged over views and snapshots."""
+    pooled = np.mean([f for f, _ in views], axis=0)
+    logits = np.mean([g for _, g in views], axis=0)
+    return (pooled if features else pooled[:, :0]), logits
 
 
 def embed_folds(
@@ -131,7 +141,4 @@ def embed_folds(
     except PredictError:
         test_ids = None
     strategy = strategy or choose_strategy()
-    return [
-        embed_fold(config, k, test_ids=test_ids, strategy=strategy)
-        for k in numbers
-    ]
+    return [embed_fold(config, k, test_ids=test_ids, strategy=strategy) for k in numbers]

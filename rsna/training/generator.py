@@ -96,6 +96,8 @@ class DataGenerator(keras.utils.PyDataset):
         image_dir: a plain folder of ``<image ID>.dcm`` files, nothing prepared. With
             ``context > 0`` the headers of every file in it are read once (series and
             z), with a progress bar; nothing is written.
+        source: any :class:`~rsna.data.sources.ImageSource` (e.g.
+            :class:`~rsna.data.sources.DicomFiles`); its spec must be the one asked for.
         size: image size.
         windows: the windows, one channel each (per context slice).
         curve, crop: the window curve and head crop (:class:`rsna.data.sources.ImageSpec`).
@@ -128,6 +130,7 @@ class DataGenerator(keras.utils.PyDataset):
         cache: str | os.PathLike[str] | ImageCache | None = None,
         work_dir: str | os.PathLike[str] | None = None,
         image_dir: str | os.PathLike[str] | None = None,
+        source: ImageSource | None = None,
         size: int = 256,
         windows: Sequence[Window] = DEFAULT_WINDOWS,
         curve: Curve = "linear",
@@ -158,7 +161,12 @@ class DataGenerator(keras.utils.PyDataset):
             )
         self.spec = ImageSpec(size=size, windows=tuple(windows), curve=curve, crop=crop)
         self.images = _source(
-            cache=cache, work_dir=work_dir, image_dir=image_dir, spec=self.spec, context=context
+            cache=cache,
+            work_dir=work_dir,
+            image_dir=image_dir,
+            source=source,
+            spec=self.spec,
+            context=context,
         )
         self.batch_size, self.context, self.shuffle, self.seed = batch_size, context, shuffle, seed
         self.to_fit, self.dtype, self.hflip = to_fit, dtype, hflip
@@ -211,13 +219,16 @@ class DataGenerator(keras.utils.PyDataset):
     ) -> DataGenerator:
         """A generator of `config`'s images: its store with ``data.cache = true`` (which
         must be complete: :class:`~rsna.data.cache.StoreMissing` otherwise), the DICOMs
-        with ``data.cache = false``; its size, windows and context. `options` go to the
-        constructor (batch_size, shuffle, augment, to_fit, ...)."""
-        source = (
-            {"cache": complete_store(config.data.work_dir, config.image.spec, config.codec)}
-            if config.data.cache
-            else {"work_dir": config.data.work_dir}
-        )
+        with ``data.cache = false``, or the ``source`` in `options`; its size, windows
+        and context. `options` go to the constructor (batch_size, shuffle, augment,
+        to_fit, ...)."""
+        if "source" in options:
+            source = {"source": options.pop("source")}
+        elif config.data.cache:
+            store = complete_store(config.data.work_dir, config.image.spec, config.codec)
+            source = {"cache": store}
+        else:
+            source = {"work_dir": config.data.work_dir}
         return cls(
             image_ids,
             labels,
@@ -582,13 +593,21 @@ def _seed_spelling(kwargs: dict, *, image_ids, size: int, image_dir):
     return given["image_ids"], given["size"], given["image_dir"]
 
 
-def _source(*, cache, work_dir, image_dir, spec: ImageSpec, context: int) -> ImageSource:
-    given = [name for name, value in (("cache", cache), ("work_dir", work_dir), ("image_dir", image_dir)) if value is not None]  # fmt: skip
+def _source(*, cache, work_dir, image_dir, source, spec: ImageSpec, context: int) -> ImageSource:
+    options = {"cache": cache, "work_dir": work_dir, "image_dir": image_dir, "source": source}
+    given = [name for name, value in options.items() if value is not None]
     if len(given) != 1:
         raise GeneratorError(
             "pass `work_dir` (a prepared work folder), `cache` (a store made by rsna "
-            f"preprocess) or `image_dir` (a folder of DICOM files): one of them. Received: {given or 'none'}"
+            "preprocess), `image_dir` (a folder of DICOM files) or `source` (an image "
+            f"source): one of them. Received: {given or 'none'}"
         )
+    if source is not None:
+        if source.spec != spec:
+            raise GeneratorError(
+                f"{source} holds {source.spec.describe()}; asked for {spec.describe()}"
+            )
+        return source
     if isinstance(cache, ImageCache):
         if cache.spec != spec:
             raise GeneratorError(

@@ -24,6 +24,7 @@ import pandas as pd
 from rsna import runs
 from rsna.config import Config
 from rsna.data.labels import LABELS
+from rsna.data.sources import ImageSource
 from rsna.data.views import expand_views
 from rsna.predictions import (
     PredictError,
@@ -181,10 +182,11 @@ def predict_views(
     replicas: int = 1,
     snapshots: Sequence[Path] = (),
     weights_of: keras.Model | None = None,
+    source: ImageSource | None = None,
 ) -> tuple[list, list[str]]:
     """The model's output for each TTA view of ``predict.tta`` (and with `snapshots`, for
     each snapshot's weights, loaded into `weights_of`, default `model`, in turn), and
-    the unreadable IDs.
+    the unreadable IDs. The images come from `config`'s store (or DICOMs), or `source`.
 
     The batch size is ``predict.batch_size`` rounded up to a multiple of `replicas` (of
     the strategy the model was loaded under); the short last batch is padded, and the
@@ -192,12 +194,13 @@ def predict_views(
     """
     outputs, unreadable = [], []
     batch = -(-config.predict.batch_size // replicas) * replicas  # a share for every replica
+    given = {} if source is None else {"source": source}
     for snapshot in snapshots or [None]:
         if snapshot is not None:
             (weights_of or model).load_weights(snapshot)
         for view in expand_views(config.predict.tta):
             gen = DataGenerator.from_config(
-                config, image_ids, batch_size=batch, to_fit=False, view=view
+                config, image_ids, batch_size=batch, to_fit=False, view=view, **given
             )
             padded = PaddedBatches(gen, rows=batch)
             outputs.append(trim(model.predict(padded, verbose=0), len(image_ids)))

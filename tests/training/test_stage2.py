@@ -3,6 +3,8 @@ out, no leak, resume, the pipeline (slow)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import warnings
 from dataclasses import replace
 
@@ -11,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from interrupts import Interrupt, RecordEpochs, StopAfterFirstEpoch
+from pydicom.data import get_testdata_file
 
 from harness import tiny_experiment
 from rsna.data.folds import read_folds
 from rsna.data.labels import LABELS
-from rsna.data.metadata import read_metadata, read_prepared_labels
+from rsna.data.metadata import data_dir, read_metadata, read_prepared_labels
 from rsna.data.series import build_series, read_embeddings, slice_inputs
 from rsna.errors import DataWarning
 from rsna.evaluate import evaluate
@@ -81,7 +84,10 @@ def test_features_are_embedded_when_stage_2_reads_them(stage1, capsys):
     )
     before = read_embeddings(stage1.fold_dir(0) / EMBED_OOF)
     (written,) = embed_folds(config, [0])
-    assert "holds logits only; sequence.inputs asks for features, so it is redone" in capsys.readouterr().out
+    assert (
+        "holds logits only; sequence.inputs asks for features, so it is redone"
+        in capsys.readouterr().out
+    )
     after = read_embeddings(written[EMBED_OOF])
     assert after.filter(like="feature_").shape[1] > 6
     np.testing.assert_array_equal(after.filter(like="logit_"), before.filter(like="logit_"))
@@ -248,3 +254,104 @@ def test_embeddings_average_the_tta_views(stage1, tiny_work, tmp_path):
         DataGenerator.from_config(config, ids, batch_size=4, to_fit=False), verbose=0
     )
     assert np.abs(unflipped - expected).max() > 1e-3  # the views differ, so the test can fail
+
+
+def _studies_folder(work, folder):
+    """The test split's DICOM files as someone's own studies: nested by study and series,
+    renamed without extension, beside a text file, an MR slice and a truncated slice."""
+    meta = read_metadata(work)
+    test = meta[meta["split"] == "test"]
+    for n, (_, row) in enumerate(test.iterrows()):
+        target = folder / row["study_uid"] / row["series_uid"] / f"IM{n:04d}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(data_dir(work) / row["file"], target)
+    (folder / "README.txt").write_text("scans\n")
+    shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
+    data = (data_dir(work) / test["file"].iloc[0]).read_bytes()
+    (folder / "cut.dcm").write_bytes(data[: len(data) // 2])
+    return folder
+
+
+def test_predict_dicom_dir_equals_the_test_predictions_of_both_stages(
+    stage1, tiny_work, tiny_competition, tmp_path
+):
+    from rsna.training.external import predict_dicom_dir
+    from rsna.training.stage1 import predict_test as predict_slice_test
+
+    train_folds(stage1, stage=2, verbose=0)
+    folder = _studies_folder(tiny_work, tmp_path / "studies")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        one = predict_dicom_dir(stage1, folder, tmp_path / "one", stage=1, workers=1)
+        both = predict_dicom_dir(stage1, folder, tmp_path / "both", threshold=0.3, workers=1)
+        slice_test = predict_slice_test(stage1, write=False).predictions
+        series_test = predict_sequence_test(stage1, write=False).predictions
+    corrupt = tiny_competition.manifest["corrupt"]["test"]
+    assert one.report["stage"] == 1 and both.report["stage"] == 2
+    assert not set(corrupt) & set(one.slices.index)
+    counts = one.report["files"]
+    assert counts["not DICOM"] >= 1 and counts["not CT"] == 1 and counts["unreadable"] >= 1
+    unreadable = pd.read_csv(tmp_path / "one" / "unreadable.csv")
+    assert "cut.dcm" in unreadable["file"].tolist()
+    # stage 1 read from the DICOMs equals stage 1 read from the (lossless) store
+    ids = one.slices.index
+    np.testing.assert_allclose(one.slices[list(LABELS)], slice_test.loc[ids], atol=1e-5)
+    np.testing.assert_allclose(
+        both.slices[[f"stage1_{c}" for c in LABELS]], one.slices[list(LABELS)], atol=1e-5
+    )
+    # stage 2 equals the test predictions on every series without an unreadable slice
+    meta = read_metadata(tiny_work)
+    broken = set(meta.loc[meta.index.isin(corrupt), "series_uid"])
+    whole = both.slices.index[~both.slices["series_uid"].isin(broken)]
+    assert len(whole) > len(both.slices) / 2
+    np.testing.assert_allclose(
+        both.slices.loc[whole, list(LABELS)], series_test.loc[whole], atol=1e-4
+    )
+    assert np.abs(both.slices[list(LABELS)] - one.slices[list(LABELS)]).to_numpy().max() > 1e-3
+    # the study table, its positives and their figures
+    studies = pd.read_csv(tmp_path / "both" / "studies.csv", index_col="study_uid")
+    expected = both.slices.groupby("study_uid")[list(LABELS)].max()
+    np.testing.assert_allclose(studies[list(LABELS)], expected.loc[studies.index], atol=1e-6)
+    assert studies["slices"].sum() == len(both.slices)
+    assert (studies["positive"] == (studies["any"] >= 0.3)).all()
+    figures = sorted(p.stem for p in (tmp_path / "both" / "studies").glob("*.png"))
+    assert figures == sorted(studies.index[studies["positive"]])
+    report = json.loads((tmp_path / "both" / "report.json").read_text())
+    assert report["positive_studies"] == int(studies["positive"].sum()) and report["seconds"] > 0
+
+
+def test_cli_predicts_a_dicom_folder_and_refuses_bad_outputs(stage1, tiny_work, tmp_path, capsys):
+    from rsna.cli import main
+
+    folder = _studies_folder(tiny_work, tmp_path / "studies")
+    saved = str(stage1.run_dir / "config.toml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        assert main(["predict", saved, "--dicom-dir", str(folder), "--out", str(tmp_path / "o"), "--stage", "1"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "CT slices in" in out and "1 not CT" in out and "stage 1: folds fold_0" in out
+    assert (tmp_path / "o" / "slices.csv").exists()
+    # a run folder copied elsewhere predicts with its own models, and says so
+    moved = shutil.copytree(stage1.run_dir, tmp_path / "moved")
+    shutil.rmtree(moved / "stage2", ignore_errors=True)
+    argv = ["--dicom-dir", str(folder), "--out", str(tmp_path / "m"), "--set", "data.work_dir=/nowhere"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        assert main(["predict", str(moved / "config.toml"), *argv]) == 0
+    out = capsys.readouterr().out
+    assert f"trained in {stage1.run_dir}; predicting with the fold models beside it" in out
+    assert "stage 1 only: stage 2 is not trained for every fold" in out
+    np.testing.assert_allclose(
+        pd.read_csv(tmp_path / "m" / "slices.csv", index_col=0)[list(LABELS)],
+        pd.read_csv(tmp_path / "o" / "slices.csv", index_col=0)[list(LABELS)],
+        atol=1e-6,
+    )
+    for argv, message in (
+        (["--dicom-dir", str(folder)], "--dicom-dir needs --out"),
+        (["--out", str(tmp_path / "x")], "--out and --threshold go with --dicom-dir"),
+        (["--dicom-dir", str(folder), "--out", str(folder / "o")], "`out` must be outside"),
+        (["--dicom-dir", str(folder), "--out", str(tiny_work)], "not an earlier"),
+        (["--dicom-dir", str(folder), "--out", str(tmp_path / "y"), "--threshold", "1"], "`threshold` must be a number in (0, 1)"),
+    ):  # fmt: skip
+        assert main(["predict", saved, *argv]) == 2
+        assert message in capsys.readouterr().err

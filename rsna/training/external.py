@@ -1,0 +1,258 @@
+"""``rsna predict CONFIG --dicom-dir DIR --out OUT``: a trained run on anyone's DICOM studies.
+
+Every file under ``DIR`` is sorted by :func:`rsna.data.studies.scan_studies` into CT
+slices, skipped files (not DICOM, no image, not CT, scouts, repeats) and unreadable ones.
+The slices are read straight from their DICOM files with the run's windows, crop and
+size (no store is needed: the store's codec, if lossy, is the only difference from
+training), and predicted by every fold's slice model over the TTA views and snapshots
+of ``predict.tta`` and ``train.snapshots``, exactly as the test set is. Where stage 2 is
+trained for every fold, each fold's series model then reads its own slice model's
+embeddings of each series in z order, as in :func:`rsna.training.stage2.predict_test`;
+unreadable slices are left out of their series. The folds are combined by
+``predict.ensemble``.
+
+``OUT`` receives (each file written atomically):
+
+* ``slices.csv``: one row per slice: image ID (SOPInstanceUID), file, patient, study,
+  series, z, slice index, the six probabilities, and with stage 2 the stage-1 ones as
+  ``stage1_<label>``;
+* ``studies.csv``: one row per study: the max of each label over its slices, its series
+  and slice counts, and ``positive`` (``any`` at or above the threshold);
+* ``skipped.csv`` and ``unreadable.csv``: every file that is not a slice, with why;
+* ``studies/<study>.png`` for each positive study (:func:`rsna.plots.plot_study`);
+* ``report.json``: the counts, the stage, folds, views, threshold and time.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from rsna import files, runs
+from rsna.config import Config
+from rsna.data.labels import LABELS
+from rsna.data.series import embeddings_frame
+from rsna.data.sources import DicomFiles
+from rsna.data.studies import SLICE_COLUMNS, StudyScan, scan_studies, study_table
+from rsna.data.views import expand_views
+from rsna.metrics import sigmoid
+from rsna.predictions import PredictError, combine
+from rsna.training.embed import embedder_of, pool_views
+from rsna.training.models import check_slice_model, load_model
+from rsna.training.stage1 import fold_models, fold_snapshots, predict_views
+from rsna.training.stage2 import predict_series, series_of
+from rsna.training.strategy import choose_strategy
+
+__all__ = [
+    "OUT_FILES",
+    "StudyPrediction",
+    "predict_dicom_dir",
+    "predicted_stages",
+    "write_study_outputs",
+]
+
+#: What ``rsna predict --dicom-dir`` writes in ``OUT``.
+OUT_FILES = {
+    "slices": "slices.csv",
+    "studies": "studies.csv",
+    "skipped": "skipped.csv",
+    "unreadable": "unreadable.csv",
+    "report": "report.json",
+    "figures": "studies",
+}
+
+
+@dataclass(frozen=True)
+class StudyPrediction:
+    """What :func:`predict_dicom_dir` wrote: per slice, per study, and the report."""
+
+    slices: pd.DataFrame
+    studies: pd.DataFrame
+    report: dict
+    out: Path
+
+
+def predicted_stages(config: Config, stage: int | None) -> tuple[dict[int, Path], dict | None]:
+    """The slice models, and the series models when stage 2 predicts: with `stage` None,
+    where it is trained for every fold that stage 1 has.
+
+    Raises:
+        PredictError: no trained slice model; or ``stage=2`` and a fold without its
+            series model.
+    """
+    first = fold_models(config)
+    if stage == 1:
+        return first, None
+    found = runs.fold_dirs(config.stage_dir(2), holding=runs.BEST_MODEL)
+    second = {k: found[k] / runs.BEST_MODEL for k in first if k in found}
+    if len(second) == len(first):
+        return first, second
+    if stage == 2:
+        missing = sorted(set(first) - set(second))
+        raise PredictError(
+            f"{config.stage_dir(2)}: no series model for folds {missing}; run "
+            "`rsna train CONFIG --stage 2` first, or predict with --stage 1"
+        )
+    return first, None
+
+
+def _check_out(out: Path, dicom_dir: Path) -> None:
+    """Refuse an `out` that is the scanned folder, inside it, or holds other files."""
+    out, root = out.resolve(), dicom_dir.resolve()
+    if out == root or root in out.parents:
+        raise PredictError(
+            f"`out` must be outside the DICOM folder. Received: out={str(out)!r}, "
+            f"dicom_dir={str(root)!r}"
+        )
+    if out.is_dir() and any(out.iterdir()) and not (out / OUT_FILES["report"]).exists():
+        raise PredictError(
+            f"{out}: not empty and not an earlier `rsna predict --dicom-dir` output "
+            f"(no {OUT_FILES['report']}); choose an empty or new folder"
+        )
+
+
+def _fold_predictions(
+    config: Config, scan: StudyScan, models: dict, series_models: dict | None, *, strategy
+) -> tuple[list[np.ndarray], list[np.ndarray], set[str]]:
+    """Per fold: stage 1's probabilities, stage 2's (where it predicts), the unreadable IDs."""
+    ids = list(scan.slices.index)
+    source = DicomFiles(scan.paths(), scan.slices, config.image.spec)
+    replicas = strategy.num_replicas_in_sync
+    first, second, unreadable = [], [], set()
+    for k, path in models.items():
+        with strategy.scope():
+            model = load_model(path)
+        check_slice_model(model, config, path=path)
+        net = embedder_of(model) if series_models else model
+        views, bad = predict_views(
+            net, ids, config, replicas=replicas, snapshots=fold_snapshots(config, k),
+            weights_of=model, source=source,
+        )  # fmt: skip
+        unreadable |= set(bad)
+        if series_models is None:
+            first.append(np.mean(views, axis=0, dtype=np.float64))
+        else:
+            first.append(np.mean([sigmoid(logits) for _, logits in views], axis=0))
+            second.append(_series_probabilities(config, scan, views, bad, series_models[k]))
+        keras.backend.clear_session()
+    return first, second, unreadable
+
+
+def _series_probabilities(
+    config: Config, scan: StudyScan, views: list, unreadable: list[str], path: Path
+) -> np.ndarray:
+    """A fold's series model on its slice model's embeddings of the readable slices; the
+    rows of unreadable slices are NaN."""
+    pooled, logits = pool_views(views, features="features" in config.sequence.inputs)
+    readable = ~np.isin(scan.slices.index, unreadable)
+    embeddings = embeddings_frame(
+        scan.slices.index[readable],
+        logits=logits[readable],
+        features=pooled[readable],
+        readable=np.ones(int(readable.sum()), bool),
+    )
+    prior = np.full(len(LABELS), 0.5)  # unused: every slice in `embeddings` is readable
+    series = series_of(config, embeddings, scan.slices, prior)
+    probs = predict_series(load_model(path), series, config)
+    return probs.reindex(scan.slices.index).to_numpy()
+
+
+def predict_dicom_dir(
+    config: Config,
+    dicom_dir: str | Path,
+    out: str | Path,
+    *,
+    stage: int | None = None,
+    threshold: float = 0.5,
+    strategy=None,
+    workers: int | None = None,
+) -> StudyPrediction:
+    """Predict every CT slice under `dicom_dir` with `config`'s trained run; write `out`.
+
+    Raises:
+        rsna.data.studies.StudiesError: `dicom_dir` is no folder or holds no CT slice.
+        PredictError: no trained folds (see :func:`predicted_stages`), a bad `threshold`,
+            or an `out` that is inside `dicom_dir` or holds other files.
+    """
+    start = time.perf_counter()
+    if not 0.0 < threshold < 1.0:
+        raise PredictError(f"`threshold` must be in (0, 1). Received: threshold={threshold!r}")
+    dicom_dir, out = Path(dicom_dir), Path(out)
+    _check_out(out, dicom_dir)
+    models, series_models = predicted_stages(config, stage)
+    scan = scan_studies(dicom_dir, workers=workers)
+    first, second, unreadable = _fold_predictions(
+        config, scan, models, series_models, strategy=strategy or choose_strategy()
+    )
+    how = config.predict.ensemble
+    slices = scan.slices.copy()
+    final = combine(second, how=how) if second else combine(first, how=how)
+    slices[list(LABELS)] = final
+    if second:
+        slices[[f"stage1_{c}" for c in LABELS]] = combine(first, how=how)
+    report = {
+        "dicom_dir": str(dicom_dir),
+        "stage": 2 if second else 1,
+        "folds": [p.parent.name for p in models.values()],
+        "tta": [v.label for v in expand_views(config.predict.tta)],
+        "snapshots": config.train.snapshots,
+        "ensemble": how,
+        "threshold": threshold,
+        "files": scan.counts(),
+    }
+    result = write_study_outputs(slices, scan, unreadable, out, report=report, threshold=threshold)
+    result.report["seconds"] = round(time.perf_counter() - start, 1)
+    files.write_json(out / OUT_FILES["report"], result.report)
+    return result
+
+
+def _figure_name(study_uid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", study_uid) + ".png"
+
+
+def write_study_outputs(
+    slices: pd.DataFrame,
+    scan: StudyScan,
+    unreadable: set[str],
+    out: Path,
+    *,
+    report: dict,
+    threshold: float,
+) -> StudyPrediction:
+    """Write the CSVs, the positive studies' figures and the report in `out`; slices
+    found unreadable while predicting move from `slices` to ``unreadable.csv``."""
+    from rsna.plots import plot_study
+
+    bad = slices.index.isin(sorted(unreadable))
+    late = pd.DataFrame({"file": slices.loc[bad, "file"], "reason": "pixel data cannot be read"})
+    slices = slices[~bad]
+    studies = study_table(slices)
+    studies["positive"] = studies["any"] >= threshold
+    figures = out / OUT_FILES["figures"]
+    shutil.rmtree(figures, ignore_errors=True)  # an earlier run's figures
+    figures.mkdir(parents=True)
+    for uid in studies.index[studies["positive"]]:
+        figure = plot_study(slices[slices["study_uid"] == uid], threshold=threshold)
+        files.save_figure(figure, figures / _figure_name(uid))
+    columns = [c for c in slices.columns if c not in SLICE_COLUMNS]
+    files.write_csv(slices[list(SLICE_COLUMNS) + columns], out / OUT_FILES["slices"], index=True)
+    files.write_csv(studies, out / OUT_FILES["studies"], index=True)
+    files.write_csv(scan.skipped, out / OUT_FILES["skipped"])
+    files.write_csv(
+        pd.concat([scan.unreadable, late], ignore_index=True), out / OUT_FILES["unreadable"]
+    )
+    report = {
+        **report,
+        "slices": len(slices),
+        "studies": len(studies),
+        "positive_studies": int(studies["positive"].sum()),
+        "unreadable": len(scan.unreadable) + len(late),
+    }
+    return StudyPrediction(slices, studies, report, out)
