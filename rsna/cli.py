@@ -24,7 +24,7 @@ from rsna.errors import RsnaError
 __all__ = ["main"]
 
 #: Commands that load TensorFlow.
-_TF_COMMANDS = frozenset({"train", "embed", "predict", "demo"})
+_TF_COMMANDS = frozenset({"train", "embed", "predict", "external", "demo"})
 
 
 # ------------------------------------------------------------------ argument types
@@ -115,6 +115,16 @@ def _synth(args: argparse.Namespace) -> None:
 
     options = ("patients", "studies", "slices", "size", "seed", "test_fraction", "label_noise")
     config = SynthConfig(**{name: getattr(args, name) for name in options})
+    if args.layout == "cq500":
+        from rsna.data.cq500 import make_cq500
+
+        planted = make_cq500(args.out, config, workers=args.workers)
+        print(
+            f"wrote a synthetic CQ500 to {args.out}: {len(planted)} patients, "
+            f"{int(planted['any'].sum())} with a planted bleed (planted.csv), three reads each "
+            "(reads.csv)"
+        )
+        return
     result = make_competition(args.out, config, workers=args.workers, force=args.force)
     images = result.manifest["images"]
     print(
@@ -448,6 +458,44 @@ def _predict_dicom_dir(args: argparse.Namespace) -> None:
     )
 
 
+def _external(args: argparse.Namespace) -> None:
+    from rsna.training.external import EXTERNAL_FILES, evaluate_cq500
+    from rsna.training.strategy import choose_strategy
+
+    config = _moved_run(_config(args), Path(args.config))
+    result = evaluate_cq500(
+        config,
+        args.cq500,
+        args.out,
+        stage=args.stage,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        strategy=choose_strategy(args.strategy),
+    )
+    report = result.report
+    print(f"CQ500: {report['patients']} patients read and predicted, stage {report['stage']}")
+    for key in ("read_without_slices", "predicted_without_reads"):
+        if report[key]:
+            print(f"{key.replace('_', ' ')}: {', '.join(report[key][:10])}")
+    print(f"{'label':18s} {'AUC':>6s} {'95% CI':>15s} {'sens':>6s} {'spec':>6s} {'thr':>6s} {'pos':>5s}")
+    for label, row in result.scores.iterrows():
+        ci = f"{row['auc_low']:.3f}-{row['auc_high']:.3f}"
+        print(
+            f"{label:18s} {row['auc']:6.3f} {ci:>15s} {row['sensitivity']:6.3f} "
+            f"{row['specificity']:6.3f} {row['threshold']:6.3f} {int(row['positives']):5d}"
+        )
+    names = ", ".join(EXTERNAL_FILES[k] for k in ("patients", "report", "roc"))
+    print(f"wrote {names} and {EXTERNAL_FILES['predictions']}/ to {args.out}")
+
+
+def _view(args: argparse.Namespace) -> None:
+    from rsna.view import view_study
+
+    config = _config(args)
+    path = view_study(config, args.study, out=args.out, max_slices=args.max_slices)
+    print(f"study {args.study}: wrote {path}")
+
+
 def _validate(args: argparse.Namespace) -> None:
     from rsna.data.paths import find_competition
     from rsna.submission import validate_submission
@@ -540,6 +588,17 @@ def _config_arguments(
     )
 
 
+def _models_arguments(p: argparse.ArgumentParser, *, default: str) -> None:
+    """The config, the stage whose models predict (`default` says which when not given)
+    and the distribution strategy, of a command that predicts."""
+    from rsna.training.strategy import STRATEGIES
+
+    _config_arguments(
+        p, stage=f"1: the slice models; 2: the series models (default: {default})", stage_default=None
+    )
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES)
+
+
 def _common() -> argparse.ArgumentParser:
     """--verbose and --debug, accepted before or after the command."""
     common = _Parser(add_help=False)
@@ -607,6 +666,13 @@ def _parser() -> argparse.ArgumentParser:
         help="share of the borderline labels (thin, faint, just under the floor) flipped",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing competition")
+    p.add_argument(
+        "--layout",
+        choices=("rsna", "cq500"),
+        default="rsna",
+        help="the competition's layout, or CQ500's (reads.csv and a folder per patient), "
+        "an external test set with known truth",
+    )
     _workers_argument(p)
     p.set_defaults(run=_synth)
 
@@ -774,13 +840,7 @@ def _parser() -> argparse.ArgumentParser:
         name="predict",
         help="predict the test set (or a folder of DICOM studies) with every fold",
     )
-    _config_arguments(
-        p,
-        stage="1: the slice models; 2: the series models (default: 1; with --dicom-dir, 2 "
-        "where it is trained for every fold)",
-        stage_default=None,
-    )
-    p.add_argument("--strategy", default="auto", choices=STRATEGIES)
+    _models_arguments(p, default="1; with --dicom-dir, 2 where it is trained for every fold")
     p.add_argument(
         "--dicom-dir",
         type=_folder("dicom_dir"),
@@ -793,6 +853,39 @@ def _parser() -> argparse.ArgumentParser:
         help="with --dicom-dir: a study is positive when its any is at least this (0.5)",
     )
     p.set_defaults(run=_predict)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="view",
+        help="one study's slices in z order with its labels and both stages' probabilities",
+    )
+    _config_arguments(p)
+    p.add_argument("--study", required=True, help="a StudyInstanceUID of the work folder")
+    p.add_argument("--out", type=Path, help="the PNG (default: RUN/views/<study>.png)")
+    p.add_argument(
+        "--max-slices",
+        type=_integer("max_slices", low=1),
+        default=48,
+        help="draw every k-th slice past this many",
+    )
+    p.set_defaults(run=_view)
+
+    p = sub.add_parser(
+        parents=[common],
+        name="external",
+        help="score a trained run on CQ500 (reads.csv and the patients' DICOM folders)",
+    )
+    _models_arguments(p, default="2 where it is trained for every fold")
+    p.add_argument("--cq500", type=_folder("cq500"), required=True, help="the CQ500 folder")
+    p.add_argument("--out", type=_folder("out"), required=True, help="where the report goes")
+    p.add_argument(
+        "--bootstrap",
+        type=_integer("bootstrap", low=1),
+        default=1000,
+        help="patient resamples for the AUC's 95%% interval",
+    )
+    p.add_argument("--seed", type=_integer("seed", low=0), default=0, help="seeds the bootstrap")
+    p.set_defaults(run=_external)
 
     p = sub.add_parser(
         parents=[common],

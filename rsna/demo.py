@@ -30,6 +30,8 @@ from rsna.errors import DataWarning
 __all__ = ["DEMO_PATIENTS", "DEMO_SLICES", "demo_config", "run_demo"]
 
 DEMO_PATIENTS = 64
+#: Patients of the demo's synthetic CQ500 (one study each), an external set with known truth.
+DEMO_CQ500_PATIENTS = 24
 DEMO_SLICES = 28  # typical slices per series (23-33): real series are longer, the demo's CPU budget is 240 s
 
 
@@ -115,6 +117,8 @@ def run_demo(
         second = runner.predict(config, stage=2)
         validate_submission(second.submission, sample)
         lap("predict stage 2")
+        external = _external(config, out, seed=seed, workers=workers)
+        lap("external (synthetic CQ500)")
     truth = data / TEST_LABELS
     test_scores = {
         "stage 1": _score_against_truth(first.predictions, truth),
@@ -133,15 +137,39 @@ def run_demo(
         f"({weighted['stage 2 / stage 1']:.2f} x stage 1, {weighted['stage 2 / smoothed']:.2f} x stage 1 smoothed along z), {weighted['stage 2 / baseline']:.2f} x the "
         f"baseline with neighbours' {weighted['baseline with neighbours']:.4f}; synthetic test score {test_scores['stage 2']:.4f}"
     )
+    scores = external.scores.loc["any"]
+    print(
+        f"[demo] external, a synthetic CQ500 of {external.report['patients']} patients: any AUC "
+        f"{scores['auc']:.3f} (95% CI {scores['auc_low']:.3f}-{scores['auc_high']:.3f}), "
+        f"sensitivity {scores['sensitivity']:.2f}, specificity {scores['specificity']:.2f} at the "
+        f"OOF threshold {scores['threshold']:.3f} ({out / 'external'})"
+    )
     print(f"[demo] submissions: {first.submission} (stage 1), {second.submission} (stage 2)")
     print(f"[demo] total {sum(timings.values()):.0f} s: {timings}")
     return {
         "evaluation": report,
         "stages": both,
         "test_scores": test_scores,
+        "external": external.scores,
         "submissions": {"stage 1": str(first.submission), "stage 2": str(second.submission)},
         "timings": timings,
     }
+
+
+def _external(config: Config, out: Path, *, seed: int, workers: int | None):
+    """Both stages' run scored on a synthetic CQ500 of new patients (made once)."""
+    from rsna.data.cq500 import READS_CSV, make_cq500
+    from rsna.data.synthetic import SynthConfig
+    from rsna.training.external import evaluate_cq500
+
+    folder = out / "cq500"
+    if not (folder / READS_CSV).exists():
+        synth = SynthConfig(
+            patients=DEMO_CQ500_PATIENTS, studies=1, slices=DEMO_SLICES,
+            size=config.image.size, seed=seed + 1000,  # other patients than the competition's
+        )  # fmt: skip
+        make_cq500(folder, synth, workers=workers)
+    return evaluate_cq500(config, folder, out / "external", seed=seed, workers=workers)
 
 
 def _score_against_truth(predictions: pd.DataFrame, truth_csv: Path) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from rsna.data.labels import LABELS, SHORT, prior
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "plot_series_strip",
     "plot_stage_comparison",
     "plot_study",
+    "plot_study_slices",
     "plot_training_curves",
     "plot_worst",
 ]
@@ -66,8 +69,9 @@ def plot_training_curves(history, *, title: str = "training"):
     return figure
 
 
-def plot_roc_pr(labels, predictions):
-    """Per-label ROC and precision-recall curves of OOF predictions, AUCs in the legend."""
+def plot_roc_pr(labels, predictions, *, where: str = "out-of-fold"):
+    """Per-label ROC and precision-recall curves of predictions (`where` they are: OOF by
+    default), AUCs in the legend."""
     from sklearn.metrics import (
         average_precision_score,
         precision_recall_curve,
@@ -86,10 +90,10 @@ def plot_roc_pr(labels, predictions):
         roc.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y, p):.3f})")
         pr.plot(recall, precision, label=f"{label} (AP {average_precision_score(y, p):.3f})")
     roc.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    roc.set_title("ROC, out-of-fold")
+    roc.set_title(f"ROC, {where}")
     roc.set_xlabel("false positive rate")
     roc.set_ylabel("true positive rate")
-    pr.set_title("Precision-recall, out-of-fold")
+    pr.set_title(f"Precision-recall, {where}")
     pr.set_xlabel("recall")
     pr.set_ylabel("precision")
     roc.legend(fontsize=8)
@@ -254,6 +258,53 @@ def plot_study(slices, *, threshold: float = 0.5, title: str = ""):
         ax.set_ylabel("probability")
     axes[0].legend(fontsize=7, ncols=4, loc="upper left")
     figure.suptitle(title or f"study {slices['study_uid'].iloc[0]}")
+    return figure
+
+
+def _slice_title(row, labels: list[str]) -> str:
+    """z, the known labels (``?`` for a test image) and each stage's any."""
+    known = [SHORT[c] for c in labels if c != "any" and row[f"label_{c}"] == 1]
+    truth = "?" if np.isnan(row["label_any"]) else (",".join(known) or "-")
+    stages = "/".join("--" if np.isnan(row[f"stage{s}_any"]) else f"{row[f'stage{s}_any']:.2f}" for s in (1, 2))  # fmt: skip
+    return f"z={row['z']:.1f} {truth}\nany {stages}"
+
+
+def plot_study_slices(images, slices, *, max_slices: int = 48):
+    """A study through z (:func:`rsna.view.study_slices`): its slices (every k-th past
+    `max_slices`), each titled with z, its labels and stage 1's / stage 2's ``any``,
+    above a strip of both stages' ``any`` and the labelled ``any`` along z."""
+    shown = slices.iloc[:: max(1, -(-len(slices) // max_slices))]
+    columns = min(len(shown), 8)
+    rows = -(-len(shown) // columns)
+    figure = _figure(1.8 * columns, 2.1 * rows + 2.6)
+    grid, strip = figure.subfigures(2, 1, height_ratios=[2.1 * rows, 2.6])
+    axes = grid.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (image_id, row) in zip(axes, shown.iterrows(), strict=False):
+        if row["readable"] and image_id in images:
+            _show(ax, images.read(image_id), _slice_title(row, list(LABELS)))
+        else:
+            ax.set_title(_slice_title(row, list(LABELS)) + "\n(unreadable)", fontsize=8)
+            ax.axis("off")
+    for ax in axes[len(shown) :]:
+        ax.axis("off")
+    ax = strip.subplots()
+    position = np.arange(len(slices))
+    for stage, style in ((1, "-"), (2, "--")):
+        values = slices[f"stage{stage}_any"]
+        if values.notna().any():
+            ax.plot(position, values, style, marker=".", label=f"any, stage {stage}")
+    if slices["label_any"].notna().any():
+        ax.step(position, slices["label_any"], "k:", where="mid", label="any, label")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("slice in z order")
+    ax.set_ylabel("probability")
+    missing = [f"stage {s}" for s in (1, 2) if slices[f"stage{s}_any"].isna().all()]
+    ax.set_title("any along z" + (f" ({' and '.join(missing)}: no predictions)" if missing else ""))
+    ax.legend(fontsize=8, loc="upper left")
+    figure.suptitle(
+        f"Study {slices.attrs.get('study_uid', '')} (patient {slices.attrs.get('patient_id', '')}): "
+        f"{len(slices)} slices, {slices['split'].iloc[0]}"
+    )
     return figure
 
 

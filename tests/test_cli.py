@@ -279,3 +279,12 @@ def test_every_error_is_one_line(monkeypatch, capsys):
     assert main(["plan", "baseline"]) == 2
     err = capsys.readouterr().err
     assert err == "rsna: error: the backbone cannot be built: Input 0 of layer is incompatible\n"
+
+
+def test_synth_writes_a_cq500_layout_once(tmp_path, capsys):
+    argv = ["synth", str(tmp_path / "cq"), "--layout", "cq500", "--patients", "3", "--slices", "4", "--size", "32", "--workers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert "wrote a synthetic CQ500" in capsys.readouterr().out
+    assert (tmp_path / "cq" / "reads.csv").exists() and (tmp_path / "cq" / "planted.csv").exists()
+    assert main(argv) == 2
+    assert "already holds a reads.csv" in capsys.readouterr().err

@@ -35,3 +35,7 @@ def test_demo_learns_the_planted_bleeds_and_stage_2_improves_on_stage_1(tmp_path
     run = tmp_path / "demo" / "work" / "runs" / "demo"
     assert (run / "submission.csv").exists() and (run / "stage2" / "submission.csv").exists()
     assert (run / "stages.png").exists()
+    # the external set: new patients in CQ500's layout, scored at study level (AUC 1.000 here)
+    external = result["external"].loc["any"]
+    assert external["auc"] >= 0.8 and external["auc_low"] <= external["auc"], result["external"]
+    assert (tmp_path / "demo" / "external" / "external.json").exists()

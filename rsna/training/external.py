@@ -21,6 +21,10 @@ unreadable slices are left out of their series. The folds are combined by
 * ``skipped.csv`` and ``unreadable.csv``: every file that is not a slice, with why;
 * ``studies/<study>.png`` for each positive study (:func:`rsna.plots.plot_study`);
 * ``report.json``: the counts, the stage, folds, views, threshold and time.
+
+:func:`evaluate_cq500` (``rsna external``) does this for CQ500's patients' folders and
+scores each patient's max against the majority of its three reads
+(:mod:`rsna.data.cq500`), at thresholds chosen on the training OOF.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from rsna.data.series import embeddings_frame
 from rsna.data.sources import DicomFiles
 from rsna.data.studies import SLICE_COLUMNS, StudyScan, scan_studies, study_table
 from rsna.data.views import expand_views
+from rsna.errors import RsnaError
 from rsna.metrics import sigmoid
 from rsna.predictions import PredictError, combine
 from rsna.training.embed import embedder_of, pool_views
@@ -51,8 +56,12 @@ from rsna.training.stage2 import predict_series, series_of
 from rsna.training.strategy import choose_strategy
 
 __all__ = [
+    "EXTERNAL_FILES",
     "OUT_FILES",
+    "ExternalResult",
     "StudyPrediction",
+    "evaluate_cq500",
+    "json_ready",
     "predict_dicom_dir",
     "predicted_stages",
     "write_study_outputs",
@@ -103,18 +112,19 @@ def predicted_stages(config: Config, stage: int | None) -> tuple[dict[int, Path]
     return first, None
 
 
-def _check_out(out: Path, dicom_dir: Path) -> None:
-    """Refuse an `out` that is the scanned folder, inside it, or holds other files."""
+def _check_out(out: Path, dicom_dir: Path, *, marker: str = OUT_FILES["report"]) -> None:
+    """Refuse an `out` that is the scanned folder, inside it, or holds other files than
+    an earlier output (which has `marker`)."""
     out, root = out.resolve(), dicom_dir.resolve()
     if out == root or root in out.parents:
         raise PredictError(
             f"`out` must be outside the DICOM folder. Received: out={str(out)!r}, "
             f"dicom_dir={str(root)!r}"
         )
-    if out.is_dir() and any(out.iterdir()) and not (out / OUT_FILES["report"]).exists():
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
         raise PredictError(
-            f"{out}: not empty and not an earlier `rsna predict --dicom-dir` output "
-            f"(no {OUT_FILES['report']}); choose an empty or new folder"
+            f"{out}: not empty and not an earlier output of this command (no {marker}); "
+            "choose an empty or new folder"
         )
 
 
@@ -256,3 +266,128 @@ def write_study_outputs(
         "unreadable": len(scan.unreadable) + len(late),
     }
     return StudyPrediction(slices, studies, report, out)
+
+
+#: What ``rsna external`` writes in ``OUT`` (besides the predictions in ``predictions/``).
+EXTERNAL_FILES = {
+    "predictions": "predictions",
+    "patients": "patients.csv",
+    "report": "external.json",
+    "roc": "roc.png",
+}
+
+
+@dataclass(frozen=True)
+class ExternalResult:
+    """The per-label scores on CQ500, the per-patient table, and the report."""
+
+    scores: pd.DataFrame
+    patients: pd.DataFrame
+    report: dict
+
+
+def _thresholds(config: Config, stage: int) -> dict[str, float]:
+    """Youden's thresholds of `stage`'s training OOF at study level.
+
+    Raises:
+        PredictError: the OOF, or the work folder's metadata and labels, are not there.
+    """
+    from rsna.data.cq500 import oof_thresholds
+    from rsna.data.metadata import read_metadata, read_prepared_labels
+    from rsna.evaluate import read_oof
+
+    try:
+        oof, _ = read_oof(config.stage_dir(stage))
+        metadata, labels = (
+            read_metadata(config.data.work_dir),
+            read_prepared_labels(config.data.work_dir),
+        )
+    except (RsnaError, OSError) as exc:
+        raise PredictError(
+            f"the thresholds are chosen on the training OOF, which needs {config.stage_dir(stage)}"
+            f"/fold_*/oof.csv and the work folder {config.data.work_dir} (--set "
+            f"data.work_dir=...): {exc}"
+        ) from exc
+    return oof_thresholds(oof, labels, metadata)
+
+
+def _patients(slices: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Each patient's max per label over its slices, and how many slices lay outside
+    any patient's folder."""
+    from rsna.data.cq500 import patient_name
+
+    names = slices["file"].map(patient_name)
+    kept = slices[names.notna()]
+    scores = kept[list(LABELS)].groupby(names[names.notna()]).max()
+    scores.index.name = "name"
+    return scores, int(names.isna().sum())
+
+
+def evaluate_cq500(
+    config: Config,
+    cq500_dir: str | Path,
+    out: str | Path,
+    *,
+    stage: int | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    strategy=None,
+    workers: int | None = None,
+) -> ExternalResult:
+    """Score `config`'s run on a CQ500 folder: study-level predictions (the max over each
+    patient's slices, every series) against the majority of the three reads.
+
+    Raises:
+        rsna.data.cq500.CQ500Error: no or a bad reads.csv, or no patient both read and
+            predicted.
+        PredictError: see :func:`predict_dicom_dir` and the OOF thresholds.
+    """
+    from rsna.data.cq500 import READS_CSV, CQ500Error, external_scores, read_reads
+    from rsna.plots import plot_roc_pr
+
+    cq500_dir, out = Path(cq500_dir), Path(out)
+    if not (cq500_dir / READS_CSV).is_file():
+        raise CQ500Error(
+            f"{cq500_dir}: no {READS_CSV}; pass the folder that holds CQ500's reads.csv"
+        )
+    truth = read_reads(cq500_dir / READS_CSV)
+    _check_out(out, cq500_dir, marker=EXTERNAL_FILES["report"])
+    used = predicted_stages(config, stage)[1]
+    thresholds = _thresholds(config, 2 if used else 1)
+    prediction = predict_dicom_dir(
+        config, cq500_dir, out / EXTERNAL_FILES["predictions"], stage=stage, strategy=strategy,
+        workers=workers,
+    )  # fmt: skip
+    scores, outside = _patients(prediction.slices)
+    both = truth.index.intersection(scores.index)
+    if both.empty:
+        raise CQ500Error(f"{cq500_dir}: no patient of {READS_CSV} has a readable CT slice")
+    table = external_scores(
+        truth.loc[both], scores.loc[both], thresholds, bootstrap=bootstrap, seed=seed
+    )
+    patients = truth.loc[both].add_prefix("truth_").join(scores.loc[both])
+    files.write_csv(patients, out / EXTERNAL_FILES["patients"], index=True)
+    figure = plot_roc_pr(truth.loc[both], scores.loc[both], where=f"CQ500, {len(both)} patients")
+    files.save_figure(figure, out / EXTERNAL_FILES["roc"])
+    report = {
+        "cq500_dir": str(cq500_dir),
+        "stage": prediction.report["stage"],
+        "patients": len(both),
+        "read_without_slices": sorted(set(truth.index) - set(both)),
+        "predicted_without_reads": sorted(set(scores.index) - set(both)),
+        "slices_outside_patient_folders": outside,
+        "thresholds": "Youden's J on the training OOF, study level",
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "scores": json_ready(table),
+    }
+    files.write_json(out / EXTERNAL_FILES["report"], report)
+    return ExternalResult(table, patients, report)
+
+
+def json_ready(table: pd.DataFrame) -> dict:
+    """`table` as {row: {column: value}}, NaN as None (JSON has no NaN)."""
+    return {
+        row: {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in values.items()}
+        for row, values in table.to_dict(orient="index").items()
+    }

@@ -9,7 +9,7 @@ Both stages train fold k on every other fold and validate on k, in
     history.csv      one row per epoch: losses, the metric and each label's log loss
     backup/          BackupAndRestore's checkpoints while training (double checkpoint)
     oof.csv          image_id and six probabilities for fold k's images, from best.keras
-    curves.png       loss and weighted log loss, train and validation
+    curves.png       loss and weighted log loss, train and validation; each label's validation loss
     tensorboard/     TensorBoard's event files (with ``train.tensorboard``)
     summary.json     the one-line summary, as data
     experiment.json  the config keys the fold was trained with (rsna.config.experiment_record)

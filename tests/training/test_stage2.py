@@ -355,3 +355,85 @@ def test_cli_predicts_a_dicom_folder_and_refuses_bad_outputs(stage1, tiny_work, 
     ):  # fmt: skip
         assert main(["predict", saved, *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_external_scores_a_run_on_a_synthetic_cq500(stage1, tmp_path, capsys):
+    from sklearn.metrics import roc_auc_score
+
+    from rsna.cli import main
+    from rsna.data.cq500 import make_cq500
+    from rsna.data.synthetic import SynthConfig
+    from rsna.training.external import evaluate_cq500
+
+    planted = make_cq500(
+        tmp_path / "cq500", SynthConfig(patients=6, slices=6, size=48, seed=2), workers=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        result = evaluate_cq500(stage1, tmp_path / "cq500", tmp_path / "ext", stage=1, bootstrap=50)
+    patients = pd.read_csv(tmp_path / "ext" / "patients.csv", index_col="name")
+    assert result.report["patients"] == len(planted) == len(patients)
+    assert result.report["stage"] == 1
+    truth = result.patients[[f"truth_{c}" for c in LABELS]].set_axis(list(LABELS), axis=1)
+    for label, row in result.scores.iterrows():
+        y = truth[label].to_numpy()
+        if y.min() != y.max():
+            assert row["auc"] == pytest.approx(roc_auc_score(y, patients[label]))
+            assert row["auc_low"] <= row["auc"] <= row["auc_high"]
+        assert 0.0 < row["threshold"] <= 1.0
+    report = json.loads((tmp_path / "ext" / "external.json").read_text())
+    assert set(report["scores"]) == set(LABELS) and report["bootstrap"] == 50
+    assert (tmp_path / "ext" / "roc.png").stat().st_size > 0
+    assert (tmp_path / "ext" / "predictions" / "slices.csv").exists()
+    saved = str(stage1.run_dir / "config.toml")
+    argv = ["external", saved, "--cq500", str(tmp_path / "cq500"), "--out", str(tmp_path / "e2")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        assert main([*argv, "--bootstrap", "20", "--stage", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "CQ500: 6 patients read and predicted, stage 1" in out and "95% CI" in out
+    (tmp_path / "empty").mkdir()
+    assert main(["external", saved, "--cq500", str(tmp_path / "empty"), "--out", str(tmp_path / "e3")]) == 2  # fmt: skip
+    assert "no reads.csv" in capsys.readouterr().err
+
+
+def test_view_draws_a_study_in_z_order_with_labels_and_both_stages(
+    stage1, tiny_work, tmp_path, capsys
+):
+    from rsna.cli import main
+    from rsna.data.cache import ImageCache, complete_store
+    from rsna.evaluate import read_oof
+    from rsna.plots import plot_study_slices
+    from rsna.training.stage1 import predict_test as predict_slice_test
+    from rsna.view import study_slices, view_study
+
+    train_folds(stage1, stage=2, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        predict_slice_test(stage1)
+        predict_sequence_test(stage1)
+    meta = read_metadata(tiny_work)
+    labels = read_prepared_labels(tiny_work)
+    train_study = meta.loc[meta["split"] == "train", "study_uid"].iloc[0]
+    slices = study_slices(stage1, train_study)
+    assert slices["slice_index"].is_monotonic_increasing and slices["z"].is_monotonic_increasing
+    np.testing.assert_array_equal(slices["label_any"], labels.loc[slices.index, "any"])
+    oof1, _ = read_oof(stage1.stage_dir(1))
+    oof2, _ = read_oof(stage1.stage_dir(2))
+    np.testing.assert_allclose(slices["stage1_any"], oof1.loc[slices.index, "any"])
+    np.testing.assert_allclose(slices["stage2_subdural"], oof2.loc[slices.index, "subdural"])
+    test_study = meta.loc[meta["split"] == "test", "study_uid"].iloc[0]
+    test = study_slices(stage1, test_study)
+    assert test["label_any"].isna().all() and test["stage1_any"].notna().any()
+    images = ImageCache(complete_store(tiny_work, stage1.image.spec, stage1.codec))
+    figure = plot_study_slices(images, slices)
+    panels = [ax for ax in figure.axes if ax.images or ax.get_title().endswith("(unreadable)")]
+    assert len(panels) == len(slices)
+    zs = [float(ax.get_title().split()[0][2:]) for ax in panels]
+    assert zs == sorted(zs) and zs == pytest.approx(slices["z"].tolist(), abs=0.05)
+    assert view_study(stage1, train_study).exists()
+    saved = str(stage1.run_dir / "config.toml")
+    assert main(["view", saved, "--study", test_study, "--out", str(tmp_path / "t.png")]) == 0
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["view", saved, "--study", "ID_nope"]) == 2
+    assert "`study` 'ID_nope' is not in" in capsys.readouterr().err
