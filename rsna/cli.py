@@ -24,7 +24,7 @@ from rsna.errors import RsnaError
 __all__ = ["main"]
 
 #: Commands that load TensorFlow.
-_TF_COMMANDS = frozenset({"train", "embed", "predict", "external", "demo"})
+_TF_COMMANDS = frozenset({"train", "embed", "predict", "external", "explain", "view", "demo"})
 
 
 # ------------------------------------------------------------------ argument types
@@ -334,9 +334,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     config = _run_config(args.target)
     reference = _intensity_reference(config)
-    result = evaluate(
-        config.run_dir, config.data.work_dir, baseline=reference and reference.slice
-    )
+    result = evaluate(config.run_dir, config.data.work_dir, baseline=reference and reference.slice)
     print(format_scores(result.scores))
     both = compare_stages(
         config.run_dir, config.data.work_dir, result, baseline=reference and reference.neighbours
@@ -374,7 +372,9 @@ def _postprocess(args: argparse.Namespace) -> None:
         f"stage {args.stage} smoothed along z ({weights}, {args.space}): CV weighted log loss "
         f"{after:.4f}, unsmoothed {before:.4f} (ratio {after / before:.3f}) over {len(oof)} images"
     )
-    print(f"wrote {result.folder}/fold_*/oof.csv, oof.csv, evaluate.json, roc_pr.png and submission.csv")
+    print(
+        f"wrote {result.folder}/fold_*/oof.csv, oof.csv, evaluate.json, roc_pr.png and submission.csv"
+    )
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -477,7 +477,9 @@ def _external(args: argparse.Namespace) -> None:
     for key in ("read_without_slices", "predicted_without_reads"):
         if report[key]:
             print(f"{key.replace('_', ' ')}: {', '.join(report[key][:10])}")
-    print(f"{'label':18s} {'AUC':>6s} {'95% CI':>15s} {'sens':>6s} {'spec':>6s} {'thr':>6s} {'pos':>5s}")
+    print(
+        f"{'label':18s} {'AUC':>6s} {'95% CI':>15s} {'sens':>6s} {'spec':>6s} {'thr':>6s} {'pos':>5s}"
+    )
     for label, row in result.scores.iterrows():
         ci = f"{row['auc_low']:.3f}-{row['auc_high']:.3f}"
         print(
@@ -488,11 +490,27 @@ def _external(args: argparse.Namespace) -> None:
     print(f"wrote {names} and {EXTERNAL_FILES['predictions']}/ to {args.out}")
 
 
-def _view(args: argparse.Namespace) -> None:
-    from rsna.view import view_study
+def _explain(args: argparse.Namespace) -> None:
+    from rsna.training.saliency import explain_image
 
     config = _config(args)
-    path = view_study(config, args.study, out=args.out, max_slices=args.max_slices)
+    path = explain_image(config, args.image, fold=args.fold, out=args.out)
+    print(f"image {args.image}: wrote {path}")
+
+
+def _view(args: argparse.Namespace) -> None:
+    from rsna.view import most_positive, study_slices, view_study
+
+    config = _config(args)
+    explained = {}
+    if args.saliency:
+        from rsna.training.saliency import any_saliency
+
+        top = most_positive(study_slices(config, args.study), n=args.saliency)
+        explained = any_saliency(config, top)
+    path = view_study(
+        config, args.study, out=args.out, max_slices=args.max_slices, explained=explained
+    )
     print(f"study {args.study}: wrote {path}")
 
 
@@ -594,7 +612,9 @@ def _models_arguments(p: argparse.ArgumentParser, *, default: str) -> None:
     from rsna.training.strategy import STRATEGIES
 
     _config_arguments(
-        p, stage=f"1: the slice models; 2: the series models (default: {default})", stage_default=None
+        p,
+        stage=f"1: the slice models; 2: the series models (default: {default})",
+        stage_default=None,
     )
     p.add_argument("--strategy", default="auto", choices=STRATEGIES)
 
@@ -641,7 +661,10 @@ def _parser() -> argparse.ArgumentParser:
     d = SynthConfig()
     p.add_argument("--patients", type=_integer("patients", low=1), default=d.patients)
     p.add_argument(
-        "--studies", type=_integer("studies", low=1), default=d.studies, help="most studies per patient"
+        "--studies",
+        type=_integer("studies", low=1),
+        default=d.studies,
+        help="most studies per patient",
     )
     p.add_argument(
         "--slices",
@@ -650,7 +673,10 @@ def _parser() -> argparse.ArgumentParser:
         help=f"typical slices per series; each has this within {round(100 * SLICE_SPREAD)}%%",
     )
     p.add_argument(
-        "--size", type=_integer("size", low=1), default=d.size, help="rows and columns of a regular image"
+        "--size",
+        type=_integer("size", low=1),
+        default=d.size,
+        help="rows and columns of a regular image",
     )
     p.add_argument("--seed", type=_integer("seed", low=0), default=d.seed)
     p.add_argument(
@@ -856,6 +882,21 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         parents=[common],
+        name="explain",
+        help="where the slice model looks: each label's saliency on one image, as a PNG",
+    )
+    _config_arguments(p)
+    p.add_argument("--image", required=True, help="an image ID of the work folder")
+    p.add_argument(
+        "--fold",
+        type=_integer("fold", low=0),
+        help="the fold model (default: the one that did not train on the image)",
+    )
+    p.add_argument("--out", type=Path, help="the PNG (default: RUN/explain/<image>.png)")
+    p.set_defaults(run=_explain)
+
+    p = sub.add_parser(
+        parents=[common],
         name="view",
         help="one study's slices in z order with its labels and both stages' probabilities",
     )
@@ -867,6 +908,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_integer("max_slices", low=1),
         default=48,
         help="draw every k-th slice past this many",
+    )
+    p.add_argument(
+        "--saliency",
+        type=_integer("saliency", low=0),
+        default=2,
+        help="the any saliency of this many most positive slices (0: none, no TensorFlow)",
     )
     p.set_defaults(run=_view)
 
@@ -986,7 +1033,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         hint = "" if debug else "; rerun with --debug for the traceback"
-        return _fail(_one_line(f"rsna: internal error, a bug in rsna ({type(exc).__name__}: {exc}){hint}"), 1)
+        return _fail(
+            _one_line(f"rsna: internal error, a bug in rsna ({type(exc).__name__}: {exc}){hint}"), 1
+        )
     return 0
 
 

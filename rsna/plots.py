@@ -22,6 +22,7 @@ __all__ = [
     "plot_prediction_distribution",
     "plot_roc_pr",
     "plot_samples",
+    "plot_saliency",
     "plot_scores",
     "plot_series_strip",
     "plot_stage_comparison",
@@ -269,15 +270,19 @@ def _slice_title(row, labels: list[str]) -> str:
     return f"z={row['z']:.1f} {truth}\nany {stages}"
 
 
-def plot_study_slices(images, slices, *, max_slices: int = 48):
+def plot_study_slices(images, slices, *, max_slices: int = 48, explained=None):
     """A study through z (:func:`rsna.view.study_slices`): its slices (every k-th past
     `max_slices`), each titled with z, its labels and stage 1's / stage 2's ``any``,
-    above a strip of both stages' ``any`` and the labelled ``any`` along z."""
+    above a strip of both stages' ``any`` and the labelled ``any`` along z, and, for
+    each image of `explained` (ID -> (slice, map)), its ``any`` saliency."""
+    explained = explained or {}
     shown = slices.iloc[:: max(1, -(-len(slices) // max_slices))]
     columns = min(len(shown), 8)
     rows = -(-len(shown) // columns)
-    figure = _figure(1.8 * columns, 2.1 * rows + 2.6)
-    grid, strip = figure.subfigures(2, 1, height_ratios=[2.1 * rows, 2.6])
+    heights = [2.1 * rows, 2.6] + ([2.4] if explained else [])
+    figure = _figure(max(1.8 * columns, 2.4 * len(explained)), sum(heights))
+    parts = figure.subfigures(len(heights), 1, height_ratios=heights)
+    grid, strip = parts[0], parts[1]
     axes = grid.subplots(rows, columns, squeeze=False).ravel()
     for ax, (image_id, row) in zip(axes, shown.iterrows(), strict=False):
         if row["readable"] and image_id in images:
@@ -301,10 +306,35 @@ def plot_study_slices(images, slices, *, max_slices: int = 48):
     missing = [f"stage {s}" for s in (1, 2) if slices[f"stage{s}_any"].isna().all()]
     ax.set_title("any along z" + (f" ({' and '.join(missing)}: no predictions)" if missing else ""))
     ax.legend(fontsize=8, loc="upper left")
+    if explained:
+        for ax, (image_id, (image, heat)) in zip(
+            parts[2].subplots(1, len(explained), squeeze=False).ravel(),
+            explained.items(),
+            strict=True,
+        ):
+            row = slices.loc[image_id]
+            _show(ax, image, f"saliency of any, z={row['z']:.1f}")
+            ax.imshow(
+                heat, cmap="inferno", alpha=0.6, vmin=0, vmax=float(np.quantile(heat, 0.995)) or 1.0
+            )
     figure.suptitle(
         f"Study {slices.attrs.get('study_uid', '')} (patient {slices.attrs.get('patient_id', '')}): "
         f"{len(slices)} slices, {slices['split'].iloc[0]}"
     )
+    return figure
+
+
+def plot_saliency(image, maps, probabilities, *, title: str = ""):
+    """A windowed slice and, for each label, its saliency (:mod:`rsna.training.saliency`)
+    overlaid in colour, titled with the label's probability."""
+    figure = _figure(2.4 * (len(LABELS) + 1), 2.9)
+    axes = figure.subplots(1, len(LABELS) + 1)
+    _show(axes[0], image, "windowed slice")
+    top = max(float(np.quantile(m, 0.995)) for m in maps) or 1.0
+    for ax, label, m, p in zip(axes[1:], LABELS, maps, probabilities, strict=True):
+        _show(ax, image, f"{label}\np={float(p):.2f}")
+        ax.imshow(m, cmap="inferno", alpha=0.6, vmin=0, vmax=top)
+    figure.suptitle(title or "SmoothGrad saliency per label")
     return figure
 
 

@@ -2,11 +2,13 @@
 
 The figure (:func:`rsna.plots.plot_study_slices`) shows the study's slices in z order,
 each titled with its z, its labels where known and both stages' ``any`` probability,
-above a strip of each stage's ``any`` and the labels along z. The probabilities are the
+above a strip of each stage's ``any`` and the labels along z, and the ``any`` saliency
+of the most positive slices (:mod:`rsna.training.saliency`). The probabilities are the
 run's own: the out-of-fold predictions for a training image (from the one fold model
 that did not train on it), the test predictions for a test image (``predictions_test.csv``
 for stage 1, ``stage2/submission.csv`` for stage 2). What a stage has not predicted is
-left blank and said in the figure. Nothing here needs TensorFlow.
+left blank and said in the figure. The saliency is computed by the caller (``rsna
+view`` does), so this module needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from rsna.errors import RsnaError
 from rsna.evaluate import read_fold_oof
 from rsna.runfiles import read_long_predictions, read_wide_predictions
 
-__all__ = ["VIEWS", "ViewError", "stage_predictions", "study_slices", "view_study"]
+__all__ = [
+    "VIEWS",
+    "ViewError",
+    "most_positive",
+    "stage_predictions",
+    "study_slices",
+    "view_study",
+]
 
 #: The run's folder of study figures.
 VIEWS = "views"
@@ -75,12 +84,26 @@ def study_slices(config: Config, study_uid: str) -> pd.DataFrame:
     return frame
 
 
+def most_positive(slices: pd.DataFrame, *, n: int) -> list[str]:
+    """The `n` readable slices of a study (:func:`study_slices`) with the highest stage-1
+    ``any``, highest first."""
+    ranked = slices.loc[slices["readable"].astype(bool), "stage1_any"].dropna()
+    return ranked.nlargest(n).index.tolist()
+
+
 def view_study(
-    config: Config, study_uid: str, *, out: str | Path | None = None, max_slices: int = 48
+    config: Config,
+    study_uid: str,
+    *,
+    out: str | Path | None = None,
+    max_slices: int = 48,
+    explained: dict | None = None,
 ) -> Path:
     """Draw the study (:func:`study_slices`) with its windowed slices from the run's store
-    (``data.cache = true``) or DICOMs, and write the PNG to `out` (default
-    ``RUN/views/<study>.png``). Returns its path.
+    (``data.cache = true``) or DICOMs, and the ``any`` saliency of the slices in
+    `explained` (from :func:`rsna.training.saliency.any_saliency` of
+    :func:`most_positive`). Write the PNG to `out` (default ``RUN/views/<study>.png``)
+    and return its path.
 
     Raises:
         ViewError: the study is not in the work folder.
@@ -96,7 +119,7 @@ def view_study(
         images = ImageCache(store, expect=config.image.spec)
     else:
         images = DicomImages(config.data.work_dir, config.image.spec)
-    figure = plot_study_slices(images, slices, max_slices=max_slices)
+    figure = plot_study_slices(images, slices, max_slices=max_slices, explained=explained)
     path = Path(out) if out else config.run_dir / VIEWS / f"{study_uid}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     return files.save_figure(figure, path)

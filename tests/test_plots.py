@@ -108,6 +108,17 @@ def test_a_study_has_one_panel_per_series_in_z_order():
     assert len(figure.axes[0].lines) == len(LABELS) + 2  # the labels, stage 1's any, the threshold
 
 
+def test_saliency_has_the_slice_and_a_panel_per_label():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    maps = rng.uniform(size=(len(LABELS), 16, 16))
+    figure = plots.plot_saliency(image, maps, rng.uniform(size=len(LABELS)), title="t")
+    check(figure)
+    assert len(figure.axes) == len(LABELS) + 1
+    assert [ax.get_title().split()[0] for ax in figure.axes[1:]] == list(LABELS)
+    assert all(len(ax.images) == 2 for ax in figure.axes[1:])  # the slice and its map
+
+
 def test_the_checker_catches_a_bare_figure():
     figure = Figure(figsize=(3, 3))
     ax = figure.subplots()

@@ -58,6 +58,7 @@ from rsna.errors import RsnaError
 from rsna.parallel import parallel_map
 
 __all__ = [
+    "bleed_masks",
     "BAD_INTERCEPT",
     "CT_IMAGE_STORAGE",
     "GROUPS",
@@ -619,6 +620,20 @@ def _skull_base(f: _Frame, head: Head, hu: np.ndarray) -> list[str]:
     inside = (f.r < f.inner) & ~bone
     hu[inside] += (streaks + bar)[inside]
     return ["petrous", "streaks"]
+
+
+def bleed_masks(config: SynthConfig, image_ids: list[str]) -> dict[str, np.ndarray]:
+    """Where bleeds were planted: image ID -> the union of its subtypes' masks (bool,
+    the DICOM's rows x columns), for the images of `image_ids` that `config`'s
+    competition holds, drawn again from the plan (the manifest's ``config``)."""
+    wanted, found = set(image_ids), {}
+    for series in plan(config):
+        for k, image_id in enumerate(series.image_ids):
+            if image_id in wanted:
+                _, masks, _, _ = _render(series, k)
+                shape = _geometry(series, k).r.shape
+                found[image_id] = np.logical_or.reduce([*masks.values(), np.zeros(shape, bool)])
+    return found
 
 
 def _render(

@@ -404,8 +404,9 @@ def test_view_draws_a_study_in_z_order_with_labels_and_both_stages(
     from rsna.data.cache import ImageCache, complete_store
     from rsna.evaluate import read_oof
     from rsna.plots import plot_study_slices
+    from rsna.training.saliency import any_saliency
     from rsna.training.stage1 import predict_test as predict_slice_test
-    from rsna.view import study_slices, view_study
+    from rsna.view import most_positive, study_slices, view_study
 
     train_folds(stage1, stage=2, verbose=0)
     with warnings.catch_warnings():
@@ -432,8 +433,32 @@ def test_view_draws_a_study_in_z_order_with_labels_and_both_stages(
     zs = [float(ax.get_title().split()[0][2:]) for ax in panels]
     assert zs == sorted(zs) and zs == pytest.approx(slices["z"].tolist(), abs=0.05)
     assert view_study(stage1, train_study).exists()
+    top = most_positive(slices, n=2)
+    assert slices.loc[top, "stage1_any"].tolist() == sorted(slices["stage1_any"])[::-1][:2]
+    explained = any_saliency(stage1, top)
+    figure = plot_study_slices(images, slices, explained=explained)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title().startswith("saliency")]
+    assert len(titles) == 2
     saved = str(stage1.run_dir / "config.toml")
     assert main(["view", saved, "--study", test_study, "--out", str(tmp_path / "t.png")]) == 0
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["view", saved, "--study", "ID_nope"]) == 2
     assert "`study` 'ID_nope' is not in" in capsys.readouterr().err
+
+
+def test_explain_writes_each_labels_saliency_and_refuses_what_is_not_there(
+    stage1, tiny_work, tmp_path, capsys
+):
+    from rsna.cli import main
+
+    saved = str(stage1.run_dir / "config.toml")
+    image = read_folds(tiny_work / "folds.csv").index[0]
+    assert main(["explain", saved, "--image", image, "--out", str(tmp_path / "s.png")]) == 0
+    assert f"image {image}: wrote" in capsys.readouterr().out
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["explain", saved, "--image", image]) == 0
+    assert (stage1.run_dir / "explain" / f"{image}.png").exists()
+    assert main(["explain", saved, "--image", "ID_nope"]) == 2
+    assert "`image` 'ID_nope' is not in" in capsys.readouterr().err
+    assert main(["explain", saved, "--image", image, "--fold", "9"]) == 2
+    assert "`fold` 9 has no best.keras" in capsys.readouterr().err
