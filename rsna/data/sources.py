@@ -3,6 +3,7 @@
 * :class:`~rsna.data.cache.ImageCache`: a store made by ``rsna preprocess`` (fastest);
 * :class:`DicomImages`: the DICOM files of a work folder made by ``rsna prepare``;
 * :class:`DicomFolder`: a plain folder of ``<image ID>.dcm`` files, nothing prepared;
+* :class:`ArrayImages`: windowed images already in memory (a small folder read once);
 * :class:`DicomFiles`: DICOM files anywhere, by image ID (a folder of studies scanned by
   :func:`rsna.data.studies.scan_studies`).
 
@@ -31,7 +32,15 @@ from rsna.data.windowing import DEFAULT_WINDOWS, Curve, Preprocessor, Window, wi
 from rsna.errors import DataWarning, RsnaError
 from rsna.parallel import parallel_map
 
-__all__ = ["DicomFiles", "DicomFolder", "DicomImages", "ImageSource", "ImageSpec", "SourceError"]
+__all__ = [
+    "ArrayImages",
+    "DicomFiles",
+    "DicomFolder",
+    "DicomImages",
+    "ImageSource",
+    "ImageSpec",
+    "SourceError",
+]
 
 
 class SourceError(RsnaError):
@@ -229,6 +238,78 @@ class DicomFiles(_Dicoms):
 
     def __repr__(self) -> str:
         return f"DicomFiles({len(self._path)} files)"
+
+
+class ArrayImages(ImageSource):
+    """Windowed images held in memory: row k of `images` is `image_ids[k]`.
+
+    Args:
+        images: uint8 (n, size, size, windows), as `spec` says.
+        image_ids: the images' IDs, in row order.
+        slices: ``series_uid`` and ``slice_index`` of each image, indexed by image ID.
+        spec: what the images are.
+        unreadable: image ID -> why it could not be read (its row is ignored).
+
+    Raises:
+        SourceError: `images` does not have one row of `spec`'s shape per image ID.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        image_ids: list[str],
+        slices: pd.DataFrame,
+        spec: ImageSpec,
+        *,
+        unreadable: dict[str, str] | None = None,
+    ) -> None:
+        if images.shape != (len(image_ids), *spec.shape) or images.dtype != np.uint8:
+            raise SourceError(
+                f"`images` must be uint8 of shape {(len(image_ids), *spec.shape)}. "
+                f"Received: {images.dtype} {images.shape}"
+            )
+        self.spec, self._images = spec, images
+        self._row = {image_id: k for k, image_id in enumerate(image_ids)}
+        self.slices = slices.loc[list(image_ids), ["series_uid", "slice_index"]]
+        self._reason = dict(unreadable or {})
+        self._ok = {i: i not in self._reason for i in image_ids}
+
+    def read_into(self, image_id: str, out: np.ndarray) -> None:
+        np.copyto(out, self._images[self._row[self._locate(image_id)]])
+
+    def __repr__(self) -> str:
+        return f"ArrayImages({len(self._row)} images)"
+
+
+def _read_chunk(job: tuple[list[str], ImageSpec]) -> tuple[np.ndarray, dict[int, str]]:
+    """Window the files of one chunk: the images, and row -> why it failed (zeros)."""
+    paths, spec = job
+    preprocessor = spec.preprocessor()
+    out = np.zeros((len(paths), *spec.shape), np.uint8)
+    failed = {}
+    for k, path in enumerate(paths):
+        try:
+            out[k] = preprocessor(path)
+        except RsnaError as exc:
+            failed[k] = str(exc)
+    return out, failed
+
+
+def read_windowed(
+    paths: list[str], spec: ImageSpec, *, workers: int | None = None, chunk: int = 64
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Every file of `paths` windowed as `spec` says, on all cores with a progress bar:
+    uint8 (n, size, size, windows), and row -> the reason for each file that could not be
+    read (its row is zeros)."""
+    jobs = [(paths[k : k + chunk], spec) for k in range(0, len(paths), chunk)]
+    images, failed = [], {}
+    for n, (part, bad) in enumerate(
+        parallel_map(_read_chunk, jobs, workers=workers, desc="read slices", unit="chunk")
+    ):
+        images.append(part)
+        failed.update({n * chunk + k: reason for k, reason in bad.items()})
+    empty = np.zeros((0, *spec.shape), np.uint8)
+    return (np.concatenate(images) if images else empty), failed
 
 
 def _slice_files(folder: Path) -> tuple[list[str], list[str]]:

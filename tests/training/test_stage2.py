@@ -273,8 +273,9 @@ def _studies_folder(work, folder):
 
 
 def test_predict_dicom_dir_equals_the_test_predictions_of_both_stages(
-    stage1, tiny_work, tiny_competition, tmp_path
+    stage1, tiny_work, tiny_competition, tmp_path, monkeypatch
 ):
+    from rsna.training import external
     from rsna.training.external import predict_dicom_dir
     from rsna.training.stage1 import predict_test as predict_slice_test
 
@@ -286,6 +287,9 @@ def test_predict_dicom_dir_equals_the_test_predictions_of_both_stages(
         both = predict_dicom_dir(stage1, folder, tmp_path / "both", threshold=0.3, workers=1)
         slice_test = predict_slice_test(stage1, write=False).predictions
         series_test = predict_sequence_test(stage1, write=False).predictions
+        monkeypatch.setattr(external, "PRELOAD_BYTES", 0)  # read the DICOMs at every pass
+        direct = predict_dicom_dir(stage1, folder, tmp_path / "direct", stage=1, workers=1)
+    pd.testing.assert_frame_equal(direct.slices, one.slices)  # the fast path changes nothing
     corrupt = tiny_competition.manifest["corrupt"]["test"]
     assert one.report["stage"] == 1 and both.report["stage"] == 2
     assert not set(corrupt) & set(one.slices.index)
