@@ -367,14 +367,15 @@ def unique_names(folders: list[Path]) -> list[str]:
 
 
 def run_work_dir(folder: str | os.PathLike[str]) -> Path:
-    """The work folder of a stage folder, from the run's ``config.toml`` (here or one up)."""
+    """The work folder of a stage folder, from the run's ``config.toml``: here, one up
+    (``RUN/stage2``, ``RUN/smoothed``) or two up (``RUN/stage2/smoothed``)."""
     from rsna.config import load_config
 
     folder = Path(folder)
-    for candidate in (folder / runs.CONFIG_FILE, folder.parent / runs.CONFIG_FILE):
-        if candidate.is_file():
-            return Path(load_config(candidate).data.work_dir)
-    raise BlendError(f"{folder}: no {runs.CONFIG_FILE} here or one folder up; pass --work")
+    for candidate in (folder, folder.parent, folder.parent.parent):
+        if (candidate / runs.CONFIG_FILE).is_file():
+            return Path(load_config(candidate / runs.CONFIG_FILE).data.work_dir)
+    raise BlendError(f"{folder}: no {runs.CONFIG_FILE} here or up to two folders up; pass --work")
 
 
 def blend_runs(

@@ -204,3 +204,17 @@ def test_runs_with_the_same_folder_name_get_names_that_tell_them_apart():
     folders = [Path("/x/s1/runs/demo"), Path("/x/s2/runs/demo"), Path("/x/s1/runs/demo/stage2")]
     assert unique_names(folders) == ["s1/runs/demo", "s2/runs/demo", "runs/demo/stage2"]
     assert unique_names([Path("/a/b"), Path("/a/c")]) == ["b", "c"]
+
+
+def test_a_stage_folder_finds_its_runs_work_folder_up_to_two_levels(tmp_path):
+    from rsna.blend import run_work_dir
+    from rsna.config import dump_config, load_config, with_paths
+    from rsna.runs import CONFIG_FILE
+
+    run = tmp_path / "runs" / "demo"
+    (run / "stage2" / "smoothed").mkdir(parents=True)
+    dump_config(with_paths(load_config("demo"), work_dir=tmp_path / "w"), run / CONFIG_FILE)
+    for folder in (run, run / "smoothed", run / "stage2", run / "stage2" / "smoothed"):
+        assert run_work_dir(folder) == tmp_path / "w"
+    with pytest.raises(BlendError, match="pass --work"):
+        run_work_dir(tmp_path / "elsewhere" / "a" / "b")
