@@ -32,10 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
+from rsna.blend import read_submission
 from rsna.data.cache import build_cache
+from rsna.data.labels import read_labels
+from rsna.data.synthetic import TEST_LABELS
 from rsna.demo import demo_config
 from rsna.evaluate import evaluate
-from rsna.runs import EVALUATE_JSON, stage_dir
+from rsna.metrics import weighted_log_loss
+from rsna.runs import EVALUATE_JSON, SUBMISSION, stage_dir
 
 #: The values once tuned on the first phantoms, against the published choices the demo
 #: ships: (the first stage to retrain, overrides).
@@ -64,6 +68,13 @@ TRICKS: dict[str, tuple[int, dict]] = {
 }
 
 
+def test_score(submission: Path, demo: Path) -> float:
+    """A submission's weighted log loss on the synthetic test set's planted labels: the
+    score no fold's model selection has seen (``best.keras`` is chosen on the OOF)."""
+    truth = read_labels(demo / "data" / TEST_LABELS)
+    return weighted_log_loss(truth, read_submission(submission).loc[truth.index])
+
+
 def cv_of(stage_folder: Path, work_dir: Path) -> tuple[float, float]:
     """A stage's weighted CV and its fold standard deviation."""
     result = evaluate(stage_folder, work_dir)
@@ -77,9 +88,11 @@ def read_cv(stage_folder: Path) -> tuple[float, float]:
     return report["weighted_log_loss"], float(np.std(folds, ddof=1))
 
 
-def score(demo: Path, overrides: dict, stage: int, scratch: Path) -> dict[int, tuple[float, float]]:
+def score(
+    demo: Path, overrides: dict, stage: int, scratch: Path, *, test: bool = False
+) -> dict[int, tuple[float, ...]]:
     """Weighted CV and fold SD of each retrained stage after retraining `stage` (and
-    later) with `overrides`."""
+    later) with `overrides`; with `test`, the stage's synthetic test score too."""
     from rsna.training import runner
 
     copy = scratch / demo.name
@@ -94,7 +107,17 @@ def score(demo: Path, overrides: dict, stage: int, scratch: Path) -> dict[int, t
         scores[1] = cv_of(stage_dir(config.run_dir, 1), config.data.work_dir)
     runner.train(config, "all", stage=2, verbose=0, force=True)
     scores[2] = cv_of(stage_dir(config.run_dir, 2), config.data.work_dir)
+    if test:
+        for s in scores:
+            result = runner.predict(config, stage=s)
+            scores[s] += (test_score(result.submission, demo),)
     return scores
+
+
+def cell(values: tuple[float, ...]) -> str:
+    """`CV (fold sd)`, and `/ test` where the test score was taken."""
+    text = f"{values[0]:.4f} ({values[1]:.4f})"
+    return text + (f" / {values[2]:.4f}" if len(values) > 2 else "")
 
 
 def main() -> None:
@@ -104,34 +127,42 @@ def main() -> None:
         "--stage1", action="store_true", help="also retrain stage 1 (interpolation)"
     )
     parser.add_argument("--tricks", action="store_true", help="issue 25's stage-1 options instead")
+    parser.add_argument(
+        "--test", action="store_true", help="also predict and score the synthetic test set"
+    )
+    parser.add_argument("--only", default="", help="the variants whose name holds this text")
     args = parser.parse_args()
-    variants = TRICKS if args.tricks else VARIANTS
-    shown = (1, 2) if args.tricks or args.stage1 else (2,)
-    shipped = {
-        (demo, s): read_cv(stage_dir(demo_config(demo).run_dir, s))
-        for demo in args.demos
-        for s in shown
+    variants = {
+        name: v for name, v in (TRICKS if args.tricks else VARIANTS).items() if args.only in name
     }
+    shown = (1, 2) if args.tricks or args.stage1 else (2,)
+    shipped = {}
+    for demo in args.demos:
+        for s in shown:
+            folder = stage_dir(demo_config(demo).run_dir, s)
+            shipped[demo, s] = read_cv(folder)
+            if args.test:
+                shipped[demo, s] += (test_score(folder / SUBMISSION, demo),)
     print(
         "| variant | stage | "
-        + " | ".join(f"{d.name} CV (fold sd)" for d in args.demos)
+        + " | ".join(f"{d.name} CV (fold sd){' / test' * args.test}" for d in args.demos)
         + " | mean change | fold sd | helps |"
     )
     print("|---|---|" + "---|" * (len(args.demos) + 3))
     for s in shown:
-        row = " | ".join(f"{shipped[d, s][0]:.4f} ({shipped[d, s][1]:.4f})" for d in args.demos)
+        row = " | ".join(cell(shipped[d, s]) for d in args.demos)
         print(f"| shipped demo config | {s} | {row} | | | |")
     with tempfile.TemporaryDirectory() as scratch:
         for name, (stage, overrides) in variants.items():
             if stage == 1 and not (args.stage1 or args.tricks):
                 continue
-            scores = {d: score(d, overrides, stage, Path(scratch)) for d in args.demos}
+            scores = {
+                d: score(d, overrides, stage, Path(scratch), test=args.test) for d in args.demos
+            }
             for s in sorted(scores[args.demos[0]]):
                 change = np.mean([scores[d][s][0] - shipped[d, s][0] for d in args.demos])
                 fold_sd = np.mean([shipped[d, s][1] for d in args.demos])
-                row = " | ".join(
-                    f"{scores[d][s][0]:.4f} ({scores[d][s][1]:.4f})" for d in args.demos
-                )
+                row = " | ".join(cell(scores[d][s]) for d in args.demos)
                 helps = "yes" if -change > fold_sd else "no"
                 print(
                     f"| {name} | {s} | {row} | {change:+.4f} | {fold_sd:.4f} | {helps} |",
