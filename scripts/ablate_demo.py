@@ -20,6 +20,11 @@ published ones, with this script at commit bd4b243).
 about its time), printing stage 1's CV beside stage 2's. The views, the smoothing
 and the stacker's patient features need no retrain: ``scripts/tta_cv.py``, ``rsna
 postprocess`` and ``rsna blend --stack lightgbm [--no-patient]`` score them on the demos.
+
+``--test`` adds each stage's score on the synthetic test set, after the CV: ``best.keras``
+is the epoch that scored best on the very fold its OOF comes from, so the OOF flatters it
+against options that are not picked on that fold (snapshots of the last epochs).
+``--only TEXT`` keeps the variants whose name holds TEXT.
 """
 
 from __future__ import annotations
