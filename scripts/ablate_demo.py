@@ -73,7 +73,7 @@ TRICKS: dict[str, tuple[int, dict]] = {
 }
 
 
-def test_score(submission: Path, demo: Path) -> float:
+def synthetic_test_score(submission: Path, demo: Path) -> float:
     """A submission's weighted log loss on the synthetic test set's planted labels: the
     score no fold's model selection has seen (``best.keras`` is chosen on the OOF)."""
     truth = read_labels(demo / "data" / TEST_LABELS)
@@ -115,7 +115,7 @@ def score(
     if test:
         for s in scores:
             result = runner.predict(config, stage=s)
-            scores[s] += (test_score(result.submission, demo),)
+            scores[s] += (synthetic_test_score(result.submission, demo),)
     return scores
 
 
@@ -147,7 +147,7 @@ def main() -> None:
             folder = stage_dir(demo_config(demo).run_dir, s)
             shipped[demo, s] = read_cv(folder)
             if args.test:
-                shipped[demo, s] += (test_score(folder / SUBMISSION, demo),)
+                shipped[demo, s] += (synthetic_test_score(folder / SUBMISSION, demo),)
     print(
         "| variant | stage | "
         + " | ".join(f"{d.name} CV (fold sd){' / test' * args.test}" for d in args.demos)
